@@ -21,7 +21,8 @@ def test_importing_every_csad_jax_module_leaves_torch_unimported():
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "bad = sorted(m for m in sys.modules"
+        " if m == 'torch' or m.startswith('torch.'))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run(
