@@ -1,0 +1,1 @@
+"""Tests of csad_jax.backbones (models, conversion, weight discovery)."""
