@@ -9,11 +9,15 @@ local checkpoint files; nothing is ever downloaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import math
+import sys
+import warnings
 from pathlib import Path
 
-from csad_jax.errors import ConfigError
-from label_gen.output import InputImage
+from csad_jax.errors import ConfigError, DataError
+from label_gen.output import CategoryOutput, InputImage
 from label_gen.pipeline import Backend, generate_pseudo_labels
 from label_gen.settings import LabelSettings, settings_for, with_prompts
 
@@ -71,10 +75,31 @@ def file_identity(path: Path | None) -> str | None:
 
 
 def _check_out(data: Path, out: Path, category: str) -> None:
-    """Refuse to write pseudo-labels into the dataset's own category folder."""
+    """Refuse a file, the dataset's own folder or any dataset-like category."""
     target, source = (out / category).resolve(), (data / category).resolve()
     if target == source or source in target.parents:
         raise ConfigError(f"--out {out} would write into the dataset folder {source}")
+    CategoryOutput(out, category).check_target()
+
+
+def _check_bandwidth(bandwidth: float | None) -> None:
+    """--bandwidth must be a finite number > 0."""
+    if bandwidth is not None and not (math.isfinite(bandwidth) and bandwidth > 0):
+        raise ConfigError(f"--bandwidth must be finite and > 0, got {bandwidth}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning for the CLI: one `csad labels: warning:` line."""
+    text = " ".join(str(message).split())
+    print(f"csad labels: warning: {text}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def cli_warnings():
+    """Within the block, warnings print as `csad labels: warning: ...` lines."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        yield
 
 
 def _feature_extractor(settings: LabelSettings, weights: Path | None):
@@ -158,7 +183,7 @@ def _prompt_settings(settings: LabelSettings, args, images) -> LabelSettings:
     settings = with_prompts(settings, prompts, background)
     if settings.backend == "foundation":
         for problem in background_problems(prompts, background):
-            print(f"csad labels: warning: {problem}")
+            warnings.warn(problem, stacklevel=2)
     return settings
 
 
@@ -173,8 +198,7 @@ def build_settings(args, images) -> LabelSettings:
         )
     settings = settings_for(args.category, backend, backbone, args.rotations)
     if args.bandwidth is not None:
-        if args.bandwidth <= 0:
-            raise ConfigError(f"--bandwidth must be > 0, got {args.bandwidth}")
+        _check_bandwidth(args.bandwidth)
         clustering = dataclasses.replace(settings.clustering, bandwidth=args.bandwidth)
         settings = dataclasses.replace(settings, clustering=clustering)
     return _prompt_settings(settings, args, images)
@@ -182,7 +206,26 @@ def build_settings(args, images) -> LabelSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Run `csad labels` for one category and print a one-line summary."""
+    _check_bandwidth(args.bandwidth)
     _check_out(args.data, args.out, args.category)
+    with cli_warnings():
+        meta = _generate(args)
+    root = Path(args.out) / args.category
+    if not meta.get("usable", True) or not meta["num_classes"] or not meta["labelled"]:
+        reason = meta.get("unusable_reason") or "no class or no labelled image"
+        raise DataError(
+            f"{args.category}: {reason} ({root / 'labels.json'} is marked unusable)"
+        )
+    print(
+        f"csad labels: {args.category}: {meta['num_classes']} classes, "
+        f"{len(meta['labelled'])} labelled / {len(meta['unlabelled'])} unlabelled "
+        f"images -> {root}"
+    )
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> dict:
+    """Build the settings and the backend, then generate; the labels.json dict."""
     images = category_images(args.data, args.category)
     settings = build_settings(args, images)
     if settings.backend == "foundation":
@@ -194,12 +237,6 @@ def run(args: argparse.Namespace) -> int:
             )
     else:
         backend = offline_backend(settings, args.feature_weights)
-    meta = generate_pseudo_labels(
+    return generate_pseudo_labels(
         images, args.out, settings, backend, progress=not args.quiet
     )
-    print(
-        f"csad labels: {args.category}: {meta['num_classes']} classes, "
-        f"{len(meta['labelled'])} labelled / {len(meta['unlabelled'])} unlabelled "
-        f"images -> {Path(args.out) / args.category}"
-    )
-    return 0

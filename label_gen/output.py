@@ -5,16 +5,18 @@ Layout (docs/architecture.md, "Pseudo-labels"): `<out>/<category>/` holds
 `cache/` and `labels.json`, which is written last. Every file is written to a
 temporary name in its folder and moved into place with `os.replace`. Output
 made with other settings or inputs, or left half-written, is removed before it
-is regenerated; nothing outside `<out>/<category>/` is ever deleted.
+is regenerated, but only files label_gen itself wrote (see `CategoryOutput`);
+a folder holding anything else is refused, never cleaned.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import os
-import shutil
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +30,11 @@ from csad_jax.errors import ConfigError, DataError
 FORMAT = 1
 OUTPUT_DIRS = ("maps", "instances", "background")
 OUTPUT_FILES = ("labels.json", "preview.png")
+MARKER = ".csad-labels.json"  # ownership marker, written before any output
+WRITER = "csad labels"
+LOCO_SPLITS = ("train", "validation", "test")
+STAGE_DIR = re.compile(r"(proposals|features)-[0-9a-f]{16}")
+NPZ_TMP = re.compile(r"\..+\.npz\..+\.tmp")
 
 
 @dataclass(frozen=True)
@@ -74,14 +81,34 @@ def stage_key(name: str, settings: dict) -> str:
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
+def file_mode() -> int:
+    """Permission bits of a new file under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, then os.replace it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `data` to a temporary file next to `path`, then os.replace it.
+
+    The file gets the permissions of a normally created file (mkstemp alone
+    would leave it 0600). OS errors become a one-line DataError.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as err:
+        raise DataError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), file_mode())
             handle.write(data)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -125,7 +152,13 @@ def load_npz(path: Path) -> dict | None:
 
 
 class CategoryOutput:
-    """The output folder of one category and its state."""
+    """The output folder of one category, its state and what label_gen owns in it.
+
+    label_gen deletes only files it wrote: a marker file (`.csad-labels.json`,
+    written before anything else) lists the stems whose `maps/`, `instances/`
+    and `background/` PNGs it wrote. A folder that holds other files but no
+    marker (nor a labels.json of label_gen's) is refused, never cleaned.
+    """
 
     def __init__(self, out_root: Path, category: str):
         if not category or Path(category).name != category or category in (".", ".."):
@@ -137,12 +170,77 @@ class CategoryOutput:
         """Path of labels.json."""
         return self.root / "labels.json"
 
+    def marker_path(self) -> Path:
+        """Path of the ownership marker."""
+        return self.root / MARKER
+
     def read_labels(self) -> dict | None:
         """The parsed labels.json, or None if missing or unreadable."""
         try:
-            return json.loads(self.labels_path().read_text())
+            meta = json.loads(self.labels_path().read_text())
         except (OSError, ValueError):
             return None
+        return meta if isinstance(meta, dict) else None
+
+    def check_target(self) -> None:
+        """Refuse a file path, a dataset category folder or symlinked sub-folders."""
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            raise ConfigError(
+                f"--out: {existing} is a file, not a folder; give a folder path"
+            )
+        for split in LOCO_SPLITS:
+            if (self.root / split).is_dir():
+                raise ConfigError(
+                    f"{self.root} looks like a dataset category (it has {split}/): "
+                    "refusing to write pseudo-labels into it; choose another --out"
+                )
+        for name in (*OUTPUT_DIRS, "cache"):
+            path = self.root / name
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                raise ConfigError(
+                    f"{path} is not a plain folder; move it away or choose "
+                    "another --out"
+                )
+
+    def owned_stems(self) -> set[str] | None:
+        """Stems whose label files label_gen wrote here; None if not its folder."""
+        try:
+            marker = json.loads(self.marker_path().read_text())
+        except (OSError, ValueError):
+            marker = None
+        if isinstance(marker, dict) and marker.get("written_by") == WRITER:
+            return {str(s) for s in marker.get("stems", [])}
+        meta = self.read_labels()
+        fp = meta.get("fingerprint") if meta else None
+        if isinstance(fp, str) and len(fp) == 64:  # older label_gen output
+            return {str(s) for k in ("labelled", "unlabelled") for s in meta.get(k, [])}
+        if not self.root.exists() or not any(self.root.iterdir()):
+            return set()
+        return None
+
+    def claim(self, stems: Sequence[str]) -> set[str]:
+        """Check the folder is label_gen's (or new) and record `stems` in the marker.
+
+        Returns:
+          every stem whose files label_gen may have written here (old and new).
+        """
+        owned = self.owned_stems()
+        if owned is None:
+            raise ConfigError(
+                f"{self.root} holds files that csad labels did not write (no "
+                f"{MARKER} or labels.json of its own): choose a new or empty "
+                "--out folder, or move those files away"
+            )
+        owned |= set(stems)
+        self.write_marker(owned)
+        return owned
+
+    def write_marker(self, stems) -> None:
+        """Write the ownership marker listing `stems`."""
+        write_json(self.marker_path(), {"written_by": WRITER, "stems": sorted(stems)})
 
     def is_current(self, fp: str, stems: Sequence[str]) -> bool:
         """Whether complete output with fingerprint `fp` is already in place."""
@@ -157,13 +255,19 @@ class CategoryOutput:
             (self.root / d / f"{s}.png").is_file() for d in OUTPUT_DIRS for s in stems
         )
 
-    def clear_outputs(self) -> None:
-        """Remove stale results (labels.json first, so nothing looks complete)."""
-        self.labels_path().unlink(missing_ok=True)
+    def clear_outputs(self, owned: set[str]) -> None:
+        """Remove label_gen's own results (labels.json first, so none look complete).
+
+        Args:
+          owned: stems whose PNGs label_gen wrote (from `claim`); other files in
+            the sub-folders are left alone.
+        """
         for name in OUTPUT_FILES:
-            (self.root / name).unlink(missing_ok=True)
-        for name in OUTPUT_DIRS:
-            _remove_dir(self.root / name, self.root)
+            _unlink_own(self.root, name)
+        for folder in OUTPUT_DIRS:
+            for stem in owned:
+                _unlink_own(self.root / folder, f"{stem}.png")
+            _rmdir_if_empty(self.root / folder)
 
     def stage_dir(self, key: str) -> Path:
         """The cache folder of one stage (created)."""
@@ -172,28 +276,44 @@ class CategoryOutput:
         return path
 
     def prune_cache(self, keep: Sequence[str]) -> None:
-        """Delete cache folders of other settings and left-over temporary files."""
+        """Delete label_gen's cache files of other settings and temporary files.
+
+        Only `cache/<stage>-<16 hex>/` folders are touched, and inside them only
+        `*.npz` files and their temporary files; anything else stays.
+        """
         if not self.cache.is_dir():
             return
         for child in self.cache.iterdir():
+            if not STAGE_DIR.fullmatch(child.name) or child.is_symlink():
+                continue
+            if not child.is_dir():
+                continue
+            for item in child.iterdir():
+                stale = child.name not in keep and item.name.endswith(".npz")
+                if stale or NPZ_TMP.fullmatch(item.name):
+                    if item.is_file() and not item.is_symlink():
+                        item.unlink(missing_ok=True)
             if child.name not in keep:
-                _remove_dir(child, self.root) if child.is_dir() else child.unlink()
-        for key in keep:
-            for tmp in (self.cache / key).glob(".*.tmp"):
+                _rmdir_if_empty(child)
+
+
+def _unlink_own(folder: Path, name: str) -> None:
+    """Delete `folder/name` and its left-over temporary files, if plain files."""
+    path = folder / name
+    if path.is_file() and not path.is_symlink():
+        path.unlink(missing_ok=True)
+    if folder.is_dir():
+        for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink(missing_ok=True)
 
 
-def _remove_dir(path: Path, root: Path) -> None:
-    """rmtree `path`, only if it is a real folder inside `root`."""
-    if path.is_symlink():
-        path.unlink()
+def _rmdir_if_empty(path: Path) -> None:
+    """Remove an empty folder (a folder with anything left in it stays)."""
+    try:
+        path.rmdir()
+    except OSError:
         return
-    if not path.is_dir():
-        return
-    resolved, base = path.resolve(), root.resolve()
-    if base not in resolved.parents:
-        raise ConfigError(f"refusing to delete {path}: outside {root}")
-    shutil.rmtree(resolved)
 
 
 def palette(n: int) -> np.ndarray:

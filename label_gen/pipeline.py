@@ -9,6 +9,7 @@ filtering are fast and rerun; the label files are written last.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import warnings
 from collections.abc import Callable, Sequence
@@ -183,6 +184,8 @@ def _cluster_stage(feat_dir: Path, images, settings: LabelSettings) -> ClusterRe
         "components_per_image": counts,
         "meanshift_clusters": clusters.raw_count,
         "bandwidth": clusters.bandwidth,
+        "bandwidth_estimate": clusters.estimate,
+        "bandwidth_floored": clusters.floored,
         "alpha_min_members": int(settings.clustering.alpha_ratio * n),
         "largest_hdbscan_cluster": int(len(mf.largest_cluster)),
         "hdbscan_clusters": int(mf.hdbscan_labels.max(initial=-1) + 1),
@@ -241,12 +244,84 @@ def _collect_warnings(prop_dir: Path, images, settings: LabelSettings) -> list[s
     return unmatched_background(settings.grounding.background, hits)
 
 
+def few_labelled_threshold(n_images: int) -> int:
+    """Fewer labelled images than this draws a warning: max(4, 10 %), <= N."""
+    return min(n_images, max(4, math.ceil(0.1 * n_images)))
+
+
+def _input_notes(ids: dict[str, str]) -> list[str]:
+    """A warning when training images are byte-identical copies of each other."""
+    digests = [identity.rsplit(":", 1)[-1] for identity in ids.values()]
+    copies = len(digests) - len(set(digests))
+    if not copies:
+        return []
+    return [
+        f"{copies} of {len(digests)} training images are exact copies of another "
+        "one; copies add nothing to the clustering"
+    ]
+
+
+def _cluster_notes(result: ClusterResult, n_images: int) -> list[str]:
+    """Warnings about the bandwidth floor and few labelled images."""
+    notes, stats = [], result.stats
+    if stats["bandwidth_floored"]:
+        notes.append(
+            f"automatic MeanShift bandwidth {stats['bandwidth_estimate']:.3g} was "
+            f"raised to its floor {stats['bandwidth']:.3g} (a fraction of the feature "
+            "spread): "
+            "the training images look (near-)identical, so component classes "
+            "cannot be told apart by their variation; check the images or give "
+            "--bandwidth"
+        )
+    k = len(result.labelled)
+    if result.num_classes and 0 < k < few_labelled_threshold(n_images):
+        notes.append(
+            f"only {k} of {n_images} training images are labelled (official rule: "
+            "half of the largest HDBSCAN cluster of class histograms, here "
+            f"{stats['largest_hdbscan_cluster']} images); the segmentor sees few "
+            "labelled maps: more training images help"
+        )
+    return notes
+
+
+def _images(n: int) -> str:
+    """'1 training image' / 'n training images'."""
+    return f"{n} training image{'' if n == 1 else 's'}"
+
+
+def unusable_reason(result: ClusterResult, n_images: int) -> str | None:
+    """Why these labels cannot train a segmentor (None if they can)."""
+    stats = result.stats
+    if stats["components"] == 0:
+        return (
+            f"no component was found in any of the {_images(n_images)} "
+            "(blank, uniform or tiny images?); check the images"
+        )
+    if result.num_classes == 0:
+        return (
+            f"no component class survived filtering ({stats['components']} "
+            f"components in {stats['meanshift_clusters']} MeanShift clusters, none "
+            f"with >= {stats['alpha_min_members']} members and enough area); check "
+            "the images / try --bandwidth"
+        )
+    if not result.labelled:
+        return (
+            f"no training image was labelled ({_images(n_images)}; the map filter "
+            "labels half of the largest HDBSCAN cluster of "
+            f"{stats['largest_hdbscan_cluster']}); give more training images"
+        )
+    return None
+
+
 def _labels_meta(images, result: ClusterResult, settings, notes, extra) -> dict:
-    """The labels.json content."""
+    """The labels.json content ("usable" false with a reason when unusable)."""
     labelled = {images[i].stem for i in result.labelled}
+    reason = unusable_reason(result, len(images))
     return {
         "format": output.FORMAT,
         "complete": True,
+        "usable": reason is None,
+        "unusable_reason": reason,
         "category": settings.category,
         "num_classes": result.num_classes,
         "labelled": sorted(labelled),
@@ -275,9 +350,14 @@ def _run_stages(out, images, ids, settings, backend, progress) -> tuple:
     sheet = output.preview_sheet(tiles, result.num_classes)
     output.write_png(out.root / "preview.png", sheet)
     notes = _collect_warnings(prop_dir, images, settings)
-    if result.num_classes == 0:
-        notes.append("no component class survived clustering: every image unlabelled")
+    notes += _input_notes(ids) + _cluster_notes(result, len(images))
     return result, notes
+
+
+def _warn(category: str, notes) -> None:
+    """Emit each note as a UserWarning."""
+    for note in notes:
+        warnings.warn(f"{category}: {note}", stacklevel=3)
 
 
 def generate_pseudo_labels(
@@ -289,6 +369,10 @@ def generate_pseudo_labels(
 ) -> dict:
     """Generate (or resume, or reuse) one category's semantic pseudo-labels.
 
+    Output that cannot train a segmentor (no class, no labelled image) is
+    still written completely, with "usable": false and an "unusable_reason"
+    (the reader refuses it); callers check "usable".
+
     Args:
       images: the category's normal training images (train/good only).
       out_root: output root; files go to `<out_root>/<category>/`.
@@ -298,21 +382,29 @@ def generate_pseudo_labels(
 
     Returns:
       The labels.json content.
+
+    Raises:
+      ConfigError: the category folder is a file path, a dataset category, or
+        holds files label_gen did not write.
     """
     images = sorted(images, key=lambda img: img.stem)
     if not images:
         raise DataError(f"no training images for category {settings.category}")
     out = CategoryOutput(Path(out_root), settings.category)
+    out.check_target()
     ids = output.input_identities(images)
     meta_settings = {"label_settings": settings.to_dict(), "models": backend.identity}
     fp = output.fingerprint(meta_settings, ids)
-    if out.is_current(fp, [img.stem for img in images]):
-        return out.read_labels()
-    out.clear_outputs()
+    stems = [img.stem for img in images]
+    if out.is_current(fp, stems):
+        meta = out.read_labels()
+        _warn(settings.category, meta.get("warnings", []))
+        return meta
+    out.clear_outputs(out.claim(stems))
     result, notes = _run_stages(out, images, ids, settings, backend, progress)
-    for note in notes:
-        warnings.warn(f"{settings.category}: {note}", stacklevel=2)
+    _warn(settings.category, notes)
     extra = {"settings": meta_settings, "fingerprint": fp, "inputs": ids}
+    out.write_marker(stems)  # files of other stems were removed by clear_outputs
     output.write_json(
         out.labels_path(), _labels_meta(images, result, settings, notes, extra)
     )

@@ -90,6 +90,8 @@ class ClusterSettings:
 
     bandwidth: float | None = None  # None: automatic (see clustering.py)
     auto_bandwidth_scale: float = 1.75  # automatic bandwidth = scale * estimate
+    min_bandwidth_spread: float = 0.05  # automatic bandwidth >= this x RMS spread
+    min_bandwidth_norm: float = 1e-3  # ... and >= this x RMS feature norm
     proj_dim: int = 512
     proj_std: float = 0.01
     projection_seed: int = 0

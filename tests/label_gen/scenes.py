@@ -46,6 +46,25 @@ def scene(seed: int, size: int = 96, kinds=(1, 2, 3), noise: float = 3.0):
     return np.clip(pixels, 0, 255).astype(np.uint8), np.asarray(lab)
 
 
+def scene_dataset(folder, n: int = 8, size: int = 64, same: bool = False):
+    """Write n scenes (all scene 0 when `same`) as PNGs into `folder`.
+
+    Returns:
+      (InputImage list, {image sum: true kind map}) for TruthProposer.
+    """
+    from label_gen.output import InputImage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images, truths = [], {}
+    for i in range(n):
+        image, truth = scene(0 if same else i, size)
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(image).save(path)
+        images.append(InputImage(f"{i:03d}", path))
+        truths[int(image.astype(np.int64).sum())] = truth
+    return images, truths
+
+
 def colour_features(crops: np.ndarray) -> np.ndarray:
     """Stand-in FeatureExtractor: mean colour of non-black crop pixels, x20.
 

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from csad_jax.errors import DataError
 from label_gen import clustering
 from label_gen.settings import ClusterSettings
 
@@ -65,6 +66,35 @@ def test_fixed_bandwidth_is_used_as_given():
     assert res.bandwidth == 500.0 and (res.labels == 0).all()
     res = clustering.cluster_components(feats, 10, ClusterSettings(bandwidth=20.0))
     assert len(np.unique(res.labels)) == 2
+
+
+def _identical_images(n_images):
+    """Two classes with two slightly different components each, every image alike."""
+    rng = np.random.default_rng(1)
+    centres = np.repeat(np.eye(6)[:2] * 300.0, 2, axis=0)
+    one_image = centres + rng.normal(0, 3.0, centres.shape)
+    return np.tile(one_image, (n_images, 1)).astype(np.float32)
+
+
+def test_identical_images_do_not_collapse_the_automatic_bandwidth():
+    feats = _identical_images(10)
+    res = clustering.cluster_components(feats, 10, ClusterSettings())
+    assert res.floored and res.estimate < 1e-3 < res.bandwidth
+    assert len(np.unique(res.labels)) == 2  # one class per kind, not per component
+    assert (res.labels[0::4] == res.labels[1::4]).all()
+    tiny = clustering.cluster_components(feats, 10, ClusterSettings(bandwidth=1e-3))
+    assert len(np.unique(tiny.labels)) == 4  # what the floor prevents
+    with pytest.raises(DataError, match="give a larger --bandwidth"):
+        no_floor = ClusterSettings(min_bandwidth_spread=0.0, min_bandwidth_norm=0.0)
+        clustering.cluster_components(feats + 1e-3, 10, no_floor)
+
+
+def test_the_floor_leaves_ordinary_data_alone():
+    feats, kinds, _ = _blobs(20, np.eye(6)[:3] * 300.0, spread=3.0)
+    res = clustering.cluster_components(feats, 20, ClusterSettings())
+    assert not res.floored and res.bandwidth == res.estimate
+    all_same = clustering.cluster_components(np.ones((8, 6)), 4, ClusterSettings())
+    assert all_same.bandwidth > 0 and (all_same.labels == 0).all()
 
 
 def test_empty_and_single_component():
