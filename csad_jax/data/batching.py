@@ -15,7 +15,7 @@ from contextlib import closing
 import numpy as np
 from tqdm import tqdm
 
-from csad_jax.data.image_io import as_hw, read_rgb, resize_rgb
+from csad_jax.data.image_io import as_hw, is_positive_int, read_rgb, resize_rgb
 from csad_jax.data.loco import Sample
 from csad_jax.errors import ConfigError
 
@@ -82,12 +82,9 @@ def iterate_batches(
       the batch). Bad arguments raise ConfigError at the call, not at `next`.
     """
     hw = as_hw(size)
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or batch_size < 1
-    ):
+    if not is_positive_int(batch_size):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
     samples = list(samples)
     chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     return _with_progress(chunks, hw, desc, progress, prefetch)

@@ -45,16 +45,34 @@ def is_mask_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in MASK_SUFFIXES
 
 
+def is_positive_int(value: object) -> bool:
+    """Whether `value` is a Python or numpy integer (not a bool) above zero."""
+    return (
+        isinstance(value, int | np.integer)
+        and not isinstance(value, bool | np.bool_)
+        and value > 0
+    )
+
+
 def as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    """Normalise a size argument (an int side or an (h, w) pair) to (h, w)."""
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0
-        for v in pair
-    ):
-        raise ConfigError(
-            f"size must be a positive int or (height, width), got {size!r}"
-        )
+    """Normalise a size argument (an int side or an (h, w) pair) to (h, w).
+
+    Python and numpy integers are accepted; floats, bools and strings are not.
+    """
+    error = ConfigError(
+        f"size must be a positive integer or (height, width) integers, got {size!r}"
+    )
+    if isinstance(size, int | np.integer):
+        pair: tuple = (size, size)
+    elif isinstance(size, str | bytes):
+        raise error
+    else:
+        try:
+            pair = tuple(size)
+        except TypeError:
+            raise error from None
+    if len(pair) != 2 or not all(is_positive_int(v) for v in pair):
+        raise error
     return int(pair[0]), int(pair[1])
 
 

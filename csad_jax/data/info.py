@@ -38,7 +38,7 @@ from csad_jax.data.loco import (
     looks_like_category,
     scan_category,
 )
-from csad_jax.errors import DataError
+from csad_jax.errors import ConfigError, DataError
 
 WIDTH = 88
 COUNT_COLUMNS = (
@@ -61,6 +61,7 @@ class CategoryReport:
     mask_files: Counter = field(default_factory=Counter)  # kind -> files
     regions: Counter = field(default_factory=Counter)  # (kind, label) -> regions
     problems: list[str] = field(default_factory=list)
+    incomplete: str = ""  # why synthetic output is unfinished, or ""
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +127,7 @@ def inspect_category(
     """Scan one category and check every file in it; never stops at a problem."""
     scan = scan_category(root, category)
     rep = CategoryReport(category, scan.data.path, scan.data)
+    rep.incomplete = scan.incomplete
     rep.problems.extend(scan.problems + scan.empty_splits + scan.unexpected)
     samples = [s for split in SPLIT_KINDS for s in scan.data.samples(split)]
     bar = tqdm(
@@ -181,6 +183,12 @@ def _kind_text(rep: CategoryReport, kind: str) -> str:
 def _details(rep: CategoryReport) -> list[str]:
     """The per-category block below the summary table."""
     lines = [f"{rep.name}  ({rep.path})"]
+    if rep.incomplete:
+        lines += _field(
+            "synthetic data",
+            "INCOMPLETE: the csad synth run that wrote this folder was interrupted; "
+            "regenerate it with csad synth --overwrite",
+        )
     sizes = sorted(rep.sizes.items(), key=lambda item: (-item[1], item[0]))
     size_text = ", ".join(f"{h} x {w}: {_plural(n, 'image')}" for (h, w), n in sizes)
     size_text = size_text or "none readable"
@@ -220,6 +228,12 @@ def format_report(root: str | Path, reports: list[CategoryReport]) -> str:
     total = sum(len(r.problems) for r in reports)
     bad = sum(1 for r in reports if r.problems)
     lines.append("")
+    unfinished = [r.name for r in reports if r.incomplete]
+    if unfinished:
+        lines.append(
+            f"incomplete synthetic output (csad synth interrupted): "
+            f"{', '.join(unfinished)}"
+        )
     if total:
         lines.append(
             f"{_plural(total, 'problem')} found in {bad} of {_categories(len(reports))}"
@@ -231,13 +245,19 @@ def format_report(root: str | Path, reports: list[CategoryReport]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary; 0 if clean, 1 if problems were found."""
-    categories = [args.category] if args.category else list_categories(args.data)
+    if args.category is not None and not args.category.strip():
+        raise ConfigError("--category must not be empty (omit it for all categories)")
+    if args.category is not None:
+        categories = [args.category]
+    else:
+        categories = list_categories(args.data)
     if not categories:
         hint = ""
         if looks_like_category(args.data):
             hint = f"; {args.data} itself looks like a category: pass its parent"
         raise DataError(
-            f"no LOCO categories (folders with train/validation/test) in "
+            "no LOCO categories (folders with train/good, validation/good or "
+            f"test/<kind>) in "
             f"{args.data}{hint}"
         )
     reports = [

@@ -35,12 +35,13 @@ ANOMALY_KINDS = KINDS[1:]
 SPLIT_KINDS = {"train": ("good",), "validation": ("good",), "test": KINDS}
 GROUND_TRUTH = "ground_truth"
 DEFECTS_CONFIG = "defects_config.json"
+SYNTHETIC_META = "synthetic_meta.json"
 # Entries a category folder may hold besides the splits (synthetic data extras).
 OTHER_CATEGORY_ENTRIES = (
     GROUND_TRUTH,
     DEFECTS_CONFIG,
     "components",
-    "synthetic_meta.json",
+    SYNTHETIC_META,
 )
 
 
@@ -109,12 +110,15 @@ class CategoryScan:
     `problems` (broken structure) and `unexpected` (stray files and folders) make
     `load_category` fail; `empty_splits` are only refused when a split is needed
     (`CategoryData.require_nonempty`). All are lists of one-line texts.
+    `incomplete` is non-empty (and also the first problem) when the folder is
+    synthetic output whose `csad synth` run did not finish.
     """
 
     data: CategoryData
     problems: list[str]
     empty_splits: list[str]
     unexpected: list[str]
+    incomplete: str = ""
 
 
 def _check_split_kind(split: str, kind: str | None) -> tuple[str, ...]:
@@ -151,10 +155,29 @@ def _check_root(root: str | Path) -> Path:
     return root
 
 
+def _has_split_folders(folder: Path) -> bool:
+    """Whether a folder has any LOCO split/kind folder (e.g. `train/good`)."""
+    return any(
+        (folder / split / kind).is_dir()
+        for split, kinds in SPLIT_KINDS.items()
+        for kind in kinds
+    )
+
+
 def looks_like_category(folder: str | Path) -> bool:
-    """Whether a folder has a train, validation, test or ground_truth folder."""
+    """Whether a folder has the LOCO split structure and is no category's part.
+
+    A category needs at least one split/kind folder (`train/good`,
+    `validation/good` or `test/<kind>`). A split, `ground_truth` or `components`
+    folder inside a category (synthetic component maps mirror the splits) is not
+    a category itself.
+    """
     folder = Path(folder)
-    return any((folder / name).is_dir() for name in (*SPLITS, GROUND_TRUTH))
+    if folder.name in (*SPLITS, *OTHER_CATEGORY_ENTRIES) and _has_split_folders(
+        folder.parent
+    ):
+        return False
+    return _has_split_folders(folder)
 
 
 def list_categories(root: str | Path) -> list[str]:
@@ -169,20 +192,44 @@ def _category_folder(root: str | Path, category: str) -> Path:
     if not category or category in (".", "..") or "/" in category or "\\" in category:
         raise DataError(f"invalid category name {category!r}")
     folder = root / category
+    hint = ""
+    if looks_like_category(root):
+        hint = f" ({root} itself looks like a category: pass its parent as root)"
     if not folder.is_dir():
         found = ", ".join(list_categories(root)) or "none"
-        hint = ""
-        if looks_like_category(root):
-            hint = f" ({root} itself looks like a category: pass its parent as root)"
         raise DataError(
             f"category {category!r} not found in {root}; "
             f"categories found: {found}{hint}"
         )
     if not looks_like_category(folder):
         raise DataError(
-            f"{folder} is not a LOCO category folder (no train, validation or test)"
+            f"{folder} is not a LOCO category folder (no train/good, "
+            f"validation/good or test/<kind> folder){hint}"
         )
     return folder
+
+
+def _synthetic_state(folder: Path, problems: list[str]) -> str:
+    """Check `synthetic_meta.json`; the incomplete-run message, or ""."""
+    path = folder / SYNTHETIC_META
+    if not path.exists():
+        return ""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not valid JSON"
+        problems.append(f"cannot read {path}: {reason or err}")
+        return ""
+    if not isinstance(meta, dict):
+        problems.append(f"{path} must hold a JSON object")
+        return ""
+    if meta.get("complete") is not False:
+        return ""
+    return (
+        f"synthetic dataset {folder} is incomplete ({SYNTHETIC_META} says "
+        '"complete": false: the csad synth run was interrupted); regenerate it with '
+        f"`csad synth --out {folder.parent} --categories {folder.name} --overwrite`"
+    )
 
 
 def _list_images(
@@ -298,6 +345,9 @@ def scan_category(root: str | Path, category: str) -> CategoryScan:
     problems: list[str] = []
     unexpected: list[str] = []
     empty: list[str] = []
+    incomplete = _synthetic_state(folder, problems)
+    if incomplete:
+        problems.append(incomplete)
     _check_category_entries(folder, problems, unexpected)
     gt = _scan_ground_truth(folder, problems, unexpected)
     lists: dict[tuple[str, str], tuple[Sample, ...]] = {}
@@ -315,16 +365,19 @@ def scan_category(root: str | Path, category: str) -> CategoryScan:
             lists[(split, kind)] = tuple(found)
     defects = read_defects_config(folder / DEFECTS_CONFIG, problems)
     data = CategoryData(category, folder, defects, lists)
-    return CategoryScan(data, problems, empty, unexpected)
+    return CategoryScan(data, problems, empty, unexpected, incomplete)
 
 
 def load_category(root: str | Path, category: str) -> CategoryData:
     """List a category's samples; DataError on any structural problem.
 
     Empty or missing splits are allowed here and refused where a split is needed
-    (`CategoryData.require_nonempty`). Images are not opened.
+    (`CategoryData.require_nonempty`). Images are not opened. Synthetic output of
+    an interrupted `csad synth` run is refused.
     """
     scan = scan_category(root, category)
+    if scan.incomplete:
+        raise DataError(scan.incomplete)
     issues = scan.problems + scan.unexpected
     if issues:
         more = ""

@@ -24,6 +24,12 @@ Besides the LOCO layout, each category gets `components/<split>/<kind>/<stem>.pn
 Every image is drawn from its own random stream seeded by (seed, category name,
 split, kind, index), so output is byte-identical for a seed and one category does
 not depend on which others are generated.
+
+Files are written atomically (a hidden temporary file, then `os.replace`), and
+`synthetic_meta.json` says `"complete": false` until the last file is written.
+`--overwrite` deletes only the files this generator writes (recognised by their
+exact names for the counts recorded in `synthetic_meta.json`) and refuses,
+naming them, when anything else is in a category folder.
 """
 
 from __future__ import annotations
@@ -31,12 +37,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
+import os
+import re
+import secrets
 import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -49,6 +58,11 @@ from csad_jax.errors import ConfigError, DataError
 
 GENERATOR_VERSION = 1
 META_NAME = "synthetic_meta.json"
+DEFECTS_NAME = "defects_config.json"
+TEMP_SUFFIX = ".csad-tmp"
+# Hidden temporary files of `_write_atomic`: ".<name>.<pid>.<8 hex>.csad-tmp".
+TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
+MASK_NAME = re.compile(r"\d{3,}\.png")
 LOGICAL_SUBTYPES = (
     "missing",
     "extra",
@@ -756,10 +770,40 @@ def _stem_width(
     return {key: max(3, len(str(n))) for key, n in largest.items()}
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
+def _temp_path(path: Path) -> Path:
+    """A fresh hidden temporary name next to `path` (see TEMP_NAME)."""
+    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    return path.with_name(f".{path.name}.{token}{TEMP_SUFFIX}")
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through a temporary file in its folder and `os.replace`.
+
+    An interrupted run leaves either the old file, the new file or a hidden
+    temporary file (which readers ignore), never a truncated file under `path`.
+    The file gets the usual permissions (0666 minus the umask).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_path(path)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
     # Fast zlib level: noisy photographs barely compress further at level 6.
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+    image = Image.fromarray(array)
+    _write_atomic(path, lambda f: image.save(f, format="PNG", compress_level=1))
+
+
+def _write_json(path: Path, data: object) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _write_sample(
@@ -825,31 +869,164 @@ def _meta(
     }
 
 
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+# ------------------------------------------------- what csad synth owns
 
 
-def _check_target(folder: Path, overwrite: bool) -> None:
-    """Refuse to write into a non-empty folder unless it is ours and overwrite."""
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Relative (POSIX) paths that csad synth writes for one set of counts."""
+
+    files: frozenset[str]
+    folders: frozenset[str]
+    mask_folders: frozenset[str]  # ground_truth/<kind>/<stem>: NNN.png inside
+
+    def owns_file(self, rel: str) -> bool:
+        """Whether a file at `rel` is one csad synth writes (or its temp file)."""
+        folder, _, name = rel.rpartition("/")
+        if TEMP_NAME.fullmatch(name):
+            return True
+        if folder in self.mask_folders:
+            return MASK_NAME.fullmatch(name) is not None
+        return rel in self.files
+
+
+def _layout(counts: Mapping[str, int]) -> _Layout:
+    """Every file and folder name `_generate_category` may write for `counts`."""
+    rows = image_plan(counts)
+    widths = _stem_width(rows)
+    files = {META_NAME, DEFECTS_NAME}
+    masks = set()
+    for split, kind, index, subtype in rows:
+        stem = f"{index:0{widths[(split, kind)]}d}"
+        files.update(
+            {f"{split}/{kind}/{stem}.png", f"components/{split}/{kind}/{stem}.png"}
+        )
+        if subtype != "good":
+            masks.add(f"ground_truth/{kind}/{stem}")
+    leaves = {str(PurePosixPath(f).parent) for f in files} | masks
+    leaves |= {f"{split}/{kind}" for split, kind in _IMAGE_KIND_CODES}
+    folders = {str(p) for leaf in leaves for p in PurePosixPath(leaf).parents}
+    folders = (folders | leaves) - {"."}
+    return _Layout(frozenset(files), frozenset(folders), frozenset(masks))
+
+
+def _read_own_meta(folder: Path) -> dict | None:
+    """Our `synthetic_meta.json` with valid counts, or None if it is not ours."""
+    try:
+        meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("generator") != __name__:
+        return None
+    counts = meta.get("counts")
+    if not isinstance(counts, dict) or set(counts) != set(SCALES["default"]):
+        return None
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for v in counts.values()
+    ):
+        return None
+    return meta
+
+
+def _raise_walk_error(err: OSError) -> None:
+    raise err
+
+
+def _foreign_entries(folder: Path, layout: _Layout | None) -> tuple[list[str], int]:
+    """Entries under `folder` that csad synth did not write, and its file count.
+
+    Symbolic links to folders and folders outside the layout count as foreign
+    and are not entered. With no layout (no meta file) only temp files are ours.
+    """
+    foreign: list[str] = []
+    owned = 0
+    for top, dirs, names in os.walk(folder, onerror=_raise_walk_error):
+        base = Path(top).relative_to(folder).as_posix()
+        prefix = "" if base == "." else base + "/"
+        keep = []
+        for name in sorted(dirs):
+            rel = prefix + name
+            ours = layout is not None and rel in layout.folders
+            if ours and not (Path(top) / name).is_symlink():
+                keep.append(name)
+            else:
+                foreign.append(rel + "/")
+        dirs[:] = keep
+        for name in sorted(names):
+            rel = prefix + name
+            if layout is not None and layout.owns_file(rel):
+                owned += 1
+            elif layout is None and TEMP_NAME.fullmatch(name):
+                owned += 1
+            else:
+                foreign.append(rel)
+    return foreign, owned
+
+
+def _refuse_foreign(folder: Path, foreign: list[str], why: str) -> None:
+    shown = ", ".join(foreign[:4])
+    more = f" and {len(foreign) - 4} more" if len(foreign) > 4 else ""
+    raise DataError(
+        f"refusing to overwrite {folder}: {why}: {shown}{more} (move them elsewhere "
+        "or choose another --out)"
+    )
+
+
+def _check_target(folder: Path, overwrite: bool) -> _Layout | None:
+    """Refuse unsafe targets; the layout of our previous output to remove, if any.
+
+    A folder may be replaced only with `overwrite`, only if our
+    `synthetic_meta.json` is in it and only if every entry in it is one that
+    csad synth writes; anything else is named in the error and left alone.
+    """
+    if folder.is_symlink():
+        raise DataError(
+            f"{folder} is a symbolic link; csad synth writes only into real folders "
+            "(remove the link or choose another --out)"
+        )
     if folder.exists() and not folder.is_dir():
         raise DataError(f"{folder} exists and is not a folder")
     if not folder.is_dir() or not any(folder.iterdir()):
-        return
+        return None
     if not overwrite:
         raise DataError(
             f"{folder} is not empty; pass --overwrite to replace a dataset that "
             "csad synth wrote there"
         )
-    meta = folder / META_NAME
-    try:
-        ours = json.loads(meta.read_text()).get("generator") == __name__
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise DataError(
-            f"{folder} is not empty and has no {META_NAME} written by csad synth; "
-            "refusing to overwrite it (remove it yourself or choose another --out)"
+    meta = _read_own_meta(folder)
+    layout = None if meta is None else _layout(meta["counts"])
+    foreign, _ = _foreign_entries(folder, layout)
+    if foreign and meta is None:
+        _refuse_foreign(
+            folder, foreign, f"it has no valid {META_NAME} written by csad synth"
         )
+    if foreign:
+        _refuse_foreign(folder, foreign, "it holds entries csad synth did not write")
+    return layout
+
+
+def _remove_own_output(folder: Path, layout: _Layout | None) -> None:
+    """Delete what `_check_target` recognised as ours; the meta file goes last.
+
+    The meta is first marked incomplete, so an interrupted removal still leaves
+    a folder that `--overwrite` recognises and loaders refuse.
+    """
+    meta_path = folder / META_NAME
+    meta = _read_own_meta(folder) if layout is not None else None
+    if meta is not None:
+        _write_json(meta_path, {**meta, "complete": False})
+    foreign, _ = _foreign_entries(folder, layout)
+    if foreign:  # something appeared since the check: leave everything
+        _refuse_foreign(folder, foreign, "entries appeared while overwriting")
+    for top, dirs, names in os.walk(folder, topdown=False, onerror=_raise_walk_error):
+        for name in names:
+            path = Path(top) / name
+            if path != meta_path:
+                path.unlink()
+        for name in dirs:
+            (Path(top) / name).rmdir()  # empty by now; fails rather than loses data
+    meta_path.unlink(missing_ok=True)
 
 
 def _generate_category(
@@ -859,11 +1036,12 @@ def _generate_category(
     size: tuple[int, int],
     counts: Mapping[str, int],
     progress: bool,
+    previous: _Layout | None,
 ) -> dict:
     """Write one category folder; returns its summary row."""
     if folder.is_dir():
-        shutil.rmtree(folder)  # _check_target allowed this: our own output
-    folder.mkdir(parents=True)
+        _remove_own_output(folder, previous)
+    folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / META_NAME, _meta(spec, seed, size, counts, None))
     for split, kind in _IMAGE_KIND_CODES:
         (folder / split / kind).mkdir(parents=True, exist_ok=True)
@@ -878,7 +1056,7 @@ def _generate_category(
         _write_sample(folder, split, kind, stem, item)
         if split == "test":
             anomalies[f"test/{kind}/{stem}"] = subtype
-    _write_json(folder / "defects_config.json", defects_config())
+    _write_json(folder / DEFECTS_NAME, defects_config())
     _write_json(folder / META_NAME, _meta(spec, seed, size, counts, anomalies))
     summary = {"category": spec.name, "kinds": len(spec.kinds), "images": len(rows)}
     summary.update(counts)
@@ -893,10 +1071,14 @@ def _resolve_categories(categories: Iterable[str] | None) -> list[CategorySpec]:
     if isinstance(categories, str):
         categories = [c.strip() for c in categories.split(",") if c.strip()]
     names = list(CATEGORIES) if categories is None else list(categories)
-    unknown = [n for n in names if n not in CATEGORIES]
-    if unknown or not names:
+    if not names:
         raise ConfigError(
-            f"unknown synthetic categories {unknown or names}; choose from "
+            f"no synthetic category given; choose from {', '.join(CATEGORIES)}"
+        )
+    unknown = [n for n in names if n not in CATEGORIES]
+    if unknown:
+        raise ConfigError(
+            f"unknown synthetic categories {unknown}; choose from "
             f"{', '.join(CATEGORIES)}"
         )
     return [CATEGORIES[n] for n in dict.fromkeys(names)]
@@ -971,14 +1153,31 @@ def generate(
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     root = Path(out_root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root} exists and is not a folder")
-    for spec in specs:  # check every target before writing anything
-        _check_target(root / spec.name, overwrite)
-    return [
-        _generate_category(spec, root / spec.name, int(seed), size, merged, progress)
-        for spec in specs
-    ]
+    try:
+        _check_root(root)
+        # Check every target before writing anything.
+        previous = [_check_target(root / spec.name, overwrite) for spec in specs]
+        return [
+            _generate_category(
+                spec, root / spec.name, int(seed), size, merged, progress, prev
+            )
+            for spec, prev in zip(specs, previous, strict=True)
+        ]
+    except OSError as err:
+        where = err.filename if err.filename is not None else root
+        raise DataError(
+            f"cannot write synthetic data at {where}: {err.strerror or err}"
+        ) from None
+
+
+def _check_root(root: Path) -> None:
+    """Refuse an output root that is, or lies below, a file."""
+    for folder in (root, *root.parents):
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            what = "is" if folder == root else f"lies below {folder}, which is"
+            raise DataError(f"cannot write to {root}: it {what} not a folder")
 
 
 # -------------------------------------------------------------------- CLI
@@ -1038,7 +1237,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace category folders previously written by csad synth",
+        help="replace category folders previously written by csad synth (only "
+        "files it wrote are deleted; refuses if a folder holds anything else)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -89,7 +89,22 @@ def test_stopping_early_leaves_no_loader_thread(samples):
     assert not any(n.startswith("csad-load") for n in after - before)
 
 
-@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True, np.int64(0), np.bool_(True)])
 def test_bad_batch_size(samples, batch_size):
     with pytest.raises(ConfigError):
         iterate_batches(samples, 4, batch_size, progress=False)
+
+
+def test_numpy_integer_sizes_and_batch_sizes_are_accepted(samples):
+    batches = list(iterate_batches(samples, np.int64(4), np.int64(4), progress=False))
+    assert [b[0].shape for b in batches] == [(4, 4, 4, 3), (3, 4, 4, 3)]
+    pair = np.array([4, 6])
+    assert load_batch(samples[:1], (pair[0], pair[1])).shape == (1, 4, 6, 3)
+    assert load_batch(samples[:1], pair).shape == (1, 4, 6, 3)
+
+
+@pytest.mark.parametrize("size", [64.0, None, np.float32(4), (4.0, 4)])
+def test_bad_size_is_a_one_line_config_error(samples, size):
+    with pytest.raises(ConfigError, match="size must be") as err:
+        iterate_batches(samples, size, 4, progress=False)
+    assert "\n" not in str(err.value)

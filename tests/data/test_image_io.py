@@ -285,6 +285,8 @@ def test_normalize_imagenet_refuses_integer_or_channel_first_input():
 def test_as_hw():
     assert as_hw(5) == (5, 5)
     assert as_hw((3, 4)) == (3, 4)
-    for bad in (0, (3,), (3, -1), (2.5, 3), True, "256"):
+    assert as_hw(np.int64(5)) == (5, 5) and as_hw(np.array([3, 4])) == (3, 4)
+    assert all(type(v) is int for v in as_hw((np.int32(3), np.uint8(4))))
+    for bad in (0, (3,), (3, -1), (2.5, 3), True, "256", "34", 5.0, None, np.int8(-2)):
         with pytest.raises(ConfigError):
             as_hw(bad)

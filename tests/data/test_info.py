@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import zlib
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from csad_jax.cli import main
+from csad_jax.data import synthetic
 
 from .conftest import build_category, random_rgb, rect_mask, write_png
 
@@ -164,3 +166,37 @@ def test_progress_goes_to_stderr_only(tmp_path, capsys, progress):
     argv = ["info", "--data", str(tmp_path)] + ([] if progress else ["--no-progress"])
     assert main(argv) == 0
     assert "checking box" not in capsys.readouterr().out
+
+
+def _synthetic(root):
+    counts = {"train": 1, "validation": 1, "test_good": 1}
+    counts.update(logical_per_subtype=1, structural_per_subtype=1)
+    synthetic.generate(root, ["screw_kit"], image_size=(64, 64), counts=counts)
+    return root / "screw_kit"
+
+
+def test_synthetic_category_folder_as_root_gets_the_parent_hint(tmp_path, capsys):
+    folder = _synthetic(tmp_path)
+    assert run_info(capsys, "--data", str(tmp_path))[0] == 0
+    code, out, err = run_info(capsys, "--data", str(folder))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "pass its parent" in err
+    code, _, err = run_info(capsys, "--data", str(folder), "--category", "components")
+    assert code == 2 and "pass its parent" in err
+
+
+def test_incomplete_synthetic_run_is_reported(tmp_path, capsys):
+    folder = _synthetic(tmp_path)
+    meta_path = folder / synthetic.META_NAME
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(meta, complete=False)))
+    code, out, _ = run_info(capsys, "--data", str(tmp_path))
+    assert code == 1
+    assert "synthetic data        INCOMPLETE" in out
+    assert "incomplete synthetic output (csad synth interrupted): screw_kit" in out
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_empty_category_name_is_an_error(loco_root, capsys, name):
+    code, out, err = run_info(capsys, "--data", str(loco_root), "--category", name)
+    assert code == 2 and out == "" and "--category must not be empty" in err

@@ -294,3 +294,38 @@ def test_bad_defects_config_names_the_file(tmp_path, content, match):
     assert str(path) in one_line(err)
     with pytest.raises(DataError, match=match):
         read_defects_config(path)
+
+
+def test_components_and_split_folders_are_not_categories(tmp_path):
+    box = build_category(tmp_path, "box")
+    build_category(box, "components", defects=None)  # mirrors the splits
+    (box / "components" / "train" / "good" / "000.png").touch()
+    assert list_categories(tmp_path) == ["box"]
+    assert list_categories(box) == []
+    for name in ("components", "train", "ground_truth"):
+        with pytest.raises(DataError) as err:
+            load_category(box, name)
+        assert "pass its parent" in one_line(err)
+    (tmp_path / "bare" / "train").mkdir(parents=True)  # no train/good
+    assert list_categories(tmp_path) == ["box"]
+    with pytest.raises(DataError, match="not a LOCO category folder"):
+        load_category(tmp_path, "bare")
+    other = tmp_path / "other"
+    build_category(other, "components")  # a real category may have this name
+    assert list_categories(other) == ["components"]
+    assert len(load_category(other, "components").samples("train")) == 3
+
+
+def test_incomplete_synthetic_category_is_refused(loco_root):
+    meta = loco_root / "box" / "synthetic_meta.json"
+    meta.write_text(json.dumps({"complete": False}))
+    with pytest.raises(DataError) as err:
+        load_category(loco_root, "box")
+    text = one_line(err)
+    assert "incomplete" in text and "csad synth" in text and "--overwrite" in text
+    assert scan_category(loco_root, "box").incomplete in text
+    meta.write_text(json.dumps({"complete": True}))
+    assert len(load_category(loco_root, "box").samples("train")) == 3
+    meta.write_text("{oops")
+    with pytest.raises(DataError, match="cannot read .*synthetic_meta.json"):
+        load_category(loco_root, "box")

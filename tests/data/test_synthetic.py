@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -209,11 +211,10 @@ def test_refuses_to_overwrite_without_permission(tmp_path: Path):
     synthetic.generate(ours, ["screw_kit"], image_size=(64, 64), counts=TINY)
     with pytest.raises(DataError, match="--overwrite"):
         synthetic.generate(ours, ["screw_kit"], image_size=(64, 64), counts=TINY)
-    (ours / "screw_kit" / "stale.txt").write_text("old")
     synthetic.generate(
         ours, ["screw_kit"], image_size=(64, 64), counts=TINY, overwrite=True
     )
-    assert not (ours / "screw_kit" / "stale.txt").exists()
+    assert load_category(ours, "screw_kit").samples("train")
 
 
 @pytest.mark.parametrize(
@@ -247,3 +248,118 @@ def test_cli_writes_a_dataset_and_prints_a_summary(tmp_path: Path, capsys):
     assert cli.main(argv) == 2  # refuses to overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(["synth", "--out", str(tmp_path), "--size", "big"]) == 2
+
+
+ONE = dict(TINY, train=2, test_good=1)  # 2 + 1 + 1 + 6 + 3 = 13 images
+
+
+def _make(root: Path, **kwargs) -> Path:
+    kwargs = {"image_size": (64, 64), "counts": ONE, **kwargs}
+    synthetic.generate(root, ["screw_kit"], **kwargs)
+    return root / "screw_kit"
+
+
+def test_overwrite_refuses_and_keeps_user_files(tmp_path: Path):
+    folder = _make(tmp_path)
+    before = _digest(folder)
+    user = [folder / "my_experiments" / "results.csv"]
+    user.append(folder / "train" / "good" / "my_real_photo.txt")
+    user[0].parent.mkdir()
+    for path in user:
+        path.write_text("user data")
+    with pytest.raises(DataError) as err:
+        _make(tmp_path, overwrite=True)
+    message = str(err.value)
+    assert "\n" not in message and "refusing to overwrite" in message
+    assert "my_experiments/" in message and "train/good/my_real_photo.txt" in message
+    assert all(p.read_text() == "user data" for p in user)
+    for path in user:
+        path.unlink()
+    user[0].parent.rmdir()
+    assert _digest(folder) == before  # nothing of ours was touched either
+
+
+def test_overwrite_replaces_exactly_its_own_files(tmp_path: Path):
+    folder = _make(tmp_path, counts=dict(ONE, train=3))
+    temp = folder / "train" / "good" / ".000.png.4242.0badf00d.csad-tmp"
+    temp.write_bytes(b"half a png")  # left behind by a killed run
+    _make(tmp_path, overwrite=True)  # fewer train images than before
+    assert [s.stem for s in load_category(tmp_path, "screw_kit").samples("train")] == [
+        "000",
+        "001",
+    ]
+    assert not temp.exists()
+    assert not (folder / "components" / "train" / "good" / "002.png").exists()
+    fresh = tmp_path / "fresh"
+    _make(fresh)
+    assert _digest(folder) == _digest(fresh / "screw_kit")
+
+
+def test_interrupted_run_is_refused_and_overwrite_repairs_it(tmp_path, monkeypatch):
+    real = synthetic.synthesize
+    calls = []
+
+    def interrupt(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(synthetic, "synthesize", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _make(tmp_path)
+    monkeypatch.setattr(synthetic, "synthesize", real)
+    folder = tmp_path / "screw_kit"
+    assert json.loads((folder / synthetic.META_NAME).read_text())["complete"] is False
+    with pytest.raises(DataError) as err:
+        load_category(tmp_path, "screw_kit")
+    assert "incomplete" in str(err.value) and "--overwrite" in str(err.value)
+    assert "\n" not in str(err.value)
+    _make(tmp_path, overwrite=True)
+    assert len(load_category(tmp_path, "screw_kit").samples("train")) == 2
+
+
+def test_atomic_write_leaves_no_partial_file_and_uses_umask(tmp_path: Path):
+    target = tmp_path / "sub" / "000.png"
+
+    def broken(handle):
+        handle.write(b"\x89PNG" + b"x" * 29)  # 33 bytes, then the run dies
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthetic._write_atomic(target, broken)
+    assert list(target.parent.iterdir()) == []
+    old = os.umask(0o022)
+    try:
+        synthetic._save_png(target, np.zeros((4, 4), np.uint8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    with pytest.raises(KeyboardInterrupt):
+        synthetic._write_atomic(target, broken)
+    assert _read(target).shape == (4, 4)  # the old file survives intact
+    assert [p.name for p in target.parent.iterdir()] == ["000.png"]
+
+
+def test_symlinked_category_and_file_root_give_one_line_errors(tmp_path, capsys):
+    real = _make(tmp_path / "R")
+    before = _digest(real)
+    (tmp_path / "L").mkdir()
+    (tmp_path / "L" / "screw_kit").symlink_to(real, target_is_directory=True)
+    argv = ["synth", "--out", str(tmp_path / "L"), "--categories", "screw_kit"]
+    argv += ["--scale", "small", "--size", "64x64", "--quiet"]
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(argv + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert "symbolic link" in err and len(err.splitlines()) == 1
+    assert _digest(real) == before
+    (tmp_path / "afile").write_text("x")
+    argv[2] = str(tmp_path / "afile" / "sub")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a folder" in err and len(err.splitlines()) == 1
+
+
+def test_empty_category_list_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="no synthetic category"):
+        synthetic.generate(tmp_path, [], image_size=(64, 64), counts=ONE)
