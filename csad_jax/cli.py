@@ -21,42 +21,61 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "generate a synthetic MVTec LOCO-layout dataset",
     ),
     "info": ("csad_jax.data.info", "summarise a LOCO-layout folder and list problems"),
+    "labels": ("label_gen.cli", "generate semantic pseudo-labels for one category"),
+    "fit": ("csad_jax.pipeline", "fit a CSAD model of one category (resumable)"),
+    "eval": ("csad_jax.evaluate", "score the test split of a fitted run"),
+    "predict": ("csad_jax.predict", "score images with a run or exported artifact"),
+    "export": ("csad_jax.export", "export the fused inference with jax.export"),
+    "demo": ("csad_jax.demo", "synthetic data, fit and eval with the fast preset"),
+    "import-official": (
+        "csad_jax.official_import",
+        "convert an official CSAD fused export into a run for csad eval",
+    ),
+    "bench": ("csad_jax.bench", "time the fused inference (JAX vs PyTorch)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: lists the subcommands (their options load lazily)."""
     parser = argparse.ArgumentParser(
         prog="csad",
         description="CSAD logical/structural anomaly detection in JAX.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        sub_parser.set_defaults(_module=module_name)
-        # Parsers are configured lazily only for the chosen command (see main).
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    known, _ = parser.parse_known_args(argv) if argv else (None, None)
-    if known is None or not getattr(known, "command", None):
-        parser.parse_args(argv)  # prints usage / help and exits
+    """Run `csad COMMAND ...`; user errors print one line and return 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # prints usage or help, then exits
         return 2
-    module = importlib.import_module(known._module)
-    full = argparse.ArgumentParser(
-        prog=f"csad {known.command}", description=COMMANDS[known.command][1]
-    )
-    module.configure_parser(full)
-    args = full.parse_args(argv[1:])
+    command = argv[0]
+    module_name, help_text = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"csad {command}", description=help_text)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] in ("csad_jax", "label_gen"):
+            raise
+        print(
+            f"csad {command}: error: needs the package {err.name!r}; "
+            "install the project's extras (pip install -e '.[labels]')",
+            file=sys.stderr,
+        )
+        return 2
+    module.configure_parser(parser)
+    args = parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except CSADError as err:
-        print(f"csad {known.command}: error: {err}", file=sys.stderr)
+        print(f"csad {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"csad {known.command}: interrupted", file=sys.stderr)
+        print(f"csad {command}: interrupted", file=sys.stderr)
         return 130
 
 
