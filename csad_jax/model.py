@@ -22,8 +22,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +37,11 @@ from csad_jax.config import BackboneConfig, CSADConfig
 from csad_jax.errors import CheckpointError, ConfigError, CSADError
 from csad_jax.inference_opt import optimized_copy
 from csad_jax.lgst import LGSTNetworks, MapQuantiles
-from csad_jax.models.layers import avg_pool, resize_bilinear
+from csad_jax.models.layers import resize_bilinear
 from csad_jax.models.segmentor import ComponentSegmentor, SegmentationDecoder
-from csad_jax.models.teacher import Buffer, Teacher, TeacherStats
+from csad_jax.models.teacher import Buffer, TeacherStats
 from csad_jax.patch_histogram import HistogramGaussian, PatchHistogramScorer
+from csad_jax.provenance import package_versions
 from csad_jax.score_fusion import TrimmedStats
 from csad_jax.train_lgst import build_lgst
 from csad_jax.training import Checkpointer
@@ -99,26 +98,6 @@ class FusedNetworks(nnx.Module):
 # ---------------------------------------------------------------------------
 
 
-def teacher_projection(
-    teacher: Teacher, features: dict[str, jax.Array], grid: tuple[int, int]
-) -> jax.Array:
-    """Teacher head on precomputed backbone features (no second backbone pass).
-
-    Mirrors `Teacher.__call__` after its backbone call (tested for equality).
-
-    Args:
-      teacher: the LGST teacher (its stages and frozen projection are used).
-      features: {stage: [B, h, w, C]} holding the teacher's stages.
-      grid: (H / 4, W / 4) feature grid.
-
-    Returns:
-      [B, H/4, W/4, D] unnormalised teacher features.
-    """
-    x = [resize_bilinear(features[s], grid) for s in teacher.stages]
-    x = avg_pool(jnp.concatenate(x, axis=-1), 3, 1, 1)
-    return x @ teacher.proj_kernel[...] + teacher.proj_bias[...]
-
-
 def _stages(config: CSADConfig) -> tuple[str, ...]:
     wanted = set(config.segmentor.stages) | set(config.lgst.teacher_stages)
     return tuple(sorted(wanted))
@@ -147,9 +126,7 @@ def forward_raw(
     segmentation = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     distances = calib.scorer.raw_scores(segmentation)
     teacher = nets.lgst.teacher
-    t = calib.teacher_stats.normalize(
-        teacher_projection(teacher, feats, (h // 4, w // 4))
-    )
+    t = calib.teacher_stats.normalize(teacher.head(feats, (h // 4, w // 4)))
     student = nets.lgst.local_student(images)
     a = nets.lgst.global_student(images)
     maps = {
@@ -397,13 +374,7 @@ def backbone_identity(cfg: BackboneConfig, backbone) -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     """Installed versions of the packages that shape the scores."""
-    out = {"python": platform.python_version()}
-    for name in VERSION_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return package_versions(VERSION_PACKAGES)
 
 
 # ---------------------------------------------------------------------------

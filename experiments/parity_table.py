@@ -143,7 +143,7 @@ def teacher_part(nets, calib, layer2, layer3):
     """Raw and normalised teacher features [B, 64, 64, D]."""
     feats = {"layer2": layer2, "layer3": layer3}
     grid = (2 * layer2.shape[1], 2 * layer2.shape[2])  # layer2: stride 8
-    raw = model_lib.teacher_projection(nets.lgst.teacher, feats, grid)
+    raw = nets.lgst.teacher.head(feats, grid)
     return {"teacher_raw": raw, "teacher": calib.teacher_stats.normalize(raw)}
 
 

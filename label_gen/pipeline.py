@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from tqdm import tqdm
 
 from csad_jax.data.image_io import read_rgb
 from csad_jax.errors import DataError
+from csad_jax.provenance import package_versions
 from label_gen import output
 from label_gen.clustering import (
     class_histograms,
@@ -67,13 +66,7 @@ class _Lazy:
 
 def versions() -> dict[str, str]:
     """Installed versions of the packages that shape the labels."""
-    out = {"python": platform.python_version()}
-    for name in VERSION_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return package_versions(VERSION_PACKAGES)
 
 
 def _stage_keys(settings: LabelSettings, identity: dict) -> tuple[str, str]:

@@ -14,7 +14,6 @@ from csad_tiny import (
     CATEGORY,
     StandInBackbone,
     fast_compile,
-    fitted_run,
     make_dataset,
     make_labels,
     tiny_config,
@@ -26,16 +25,7 @@ from csad_jax import report
 from csad_jax.cli import main
 from csad_jax.config import write_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    with fast_compile():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return fitted_run(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("fast_xla")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,22 +8,17 @@ import sys
 
 import numpy as np
 import pytest
-from csad_tiny import fast_compile, fitted_run, load_tiny_model, sample_test_images
+from csad_tiny import load_tiny_model, sample_test_images
 from PIL import Image
 
 from csad_jax.errors import CheckpointError, ConfigError
 from csad_jax.export import export_model, heatmap_png, load_artifact
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    with fast_compile():
-        yield
+pytestmark = pytest.mark.usefixtures("fast_xla")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    tiny = fitted_run(tmp_path_factory)
+def exported(tiny, tmp_path_factory):
     model = load_tiny_model(tiny["run"])
     path = export_model(model, tmp_path_factory.mktemp("export") / "tiny")
     return tiny, model, path

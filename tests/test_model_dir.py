@@ -13,8 +13,6 @@ import pytest
 from csad_tiny import (
     StandInBackbone,
     copy_run,
-    fast_compile,
-    fitted_run,
     load_tiny_model,
     sample_test_images,
 )
@@ -25,15 +23,7 @@ from csad_jax.model import load_model, read_model_json
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    with fast_compile():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return fitted_run(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("fast_xla")
 
 
 def test_model_json_describes_everything_fitted(tiny):

@@ -13,8 +13,6 @@ from csad_tiny import (
     CATEGORY,
     StandInBackbone,
     copy_run,
-    fast_compile,
-    fitted_run,
     load_tiny_model,
     sample_test_images,
     tiny_config,
@@ -31,20 +29,11 @@ from csad_jax.config import (
 )
 from csad_jax.data.image_io import normalize_imagenet, read_rgb, resize_rgb
 from csad_jax.errors import ConfigError, DataError
-from csad_jax.model import forward_raw, teacher_projection
+from csad_jax.model import forward_raw
 from csad_jax.models.teacher import Teacher
 from csad_jax.pipeline import STAGES, fit
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    with fast_compile():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return fitted_run(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("fast_xla")
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +147,13 @@ def test_fit_names_the_categories_when_one_is_absent(tiny, tmp_path):
 # ------------------------------------------------------------ fusion wiring
 
 
-def test_teacher_projection_matches_the_teacher():
+def test_teacher_head_on_shared_features_matches_the_teacher():
     backbone = StandInBackbone()
     teacher = Teacher(backbone, backbone.channels, out_dim=8, seed=3)
     images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
     feats = backbone(images, stages=("layer2", "layer3"))
     np.testing.assert_allclose(
-        teacher_projection(teacher, feats, (16, 16)),
+        teacher.head(feats, (16, 16)),
         teacher(images)["proj"],
         rtol=1e-6,
         atol=1e-6,

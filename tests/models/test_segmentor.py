@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from segmentor_stand_in import TinyBackbone as StandInBackbone
 
 from csad_jax.errors import ConfigError
 from csad_jax.models.segmentor import (
@@ -14,31 +15,6 @@ from csad_jax.models.segmentor import (
     segment,
 )
 from csad_jax.train_segmentor import SegmentorConfig
-
-
-class _Fixed(nnx.Variable):
-    """Stand-in for csad_jax.backbones.Frozen (not an nnx.Param)."""
-
-
-class StandInBackbone(nnx.Module):
-    """Random frozen strided projections with the channel counts of a backbone."""
-
-    def __init__(self, c1: int, c3: int, seed: int = 0):
-        self.channels = {"layer1": c1, "layer3": c3}
-        rng = np.random.default_rng(seed)  # numpy: no PRNG compilation in tests
-        self.w1 = _Fixed(jnp.asarray(rng.normal(size=(48, c1)) * 0.2, jnp.float32))
-        w3 = rng.normal(size=(16 * c1, c3)) / np.sqrt(16 * c1)
-        self.w3 = _Fixed(jnp.asarray(w3, jnp.float32))
-
-    def __call__(self, images, stages=("layer1", "layer3")):
-        def patches(x, p):
-            b, h, w, c = x.shape
-            x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-            return x.reshape(b, h // p, w // p, p * p * c)
-
-        l1 = jax.nn.relu(patches(images, 4) @ self.w1[...])
-        l3 = jax.nn.relu(patches(l1, 4) @ self.w3[...])
-        return {s: {"layer1": l1, "layer3": l3}[s] for s in stages}
 
 
 def _images(b=2, s=64, seed=0):

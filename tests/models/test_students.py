@@ -7,28 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from lgst_stand_in import numpy_init
 
 from csad_jax.errors import ConfigError
 from csad_jax.models.global_student import GlobalStudent, decoder_sizes
 from csad_jax.models.local_student import LocalStudent, conv_fast_weight_grad
-
-
-def numpy_init(factory, seed: int):
-    """Builds a module abstractly and fills it with host-random weights.
-
-    Avoids compiling one random-init program per parameter shape, which costs
-    tens of seconds on a loaded CPU; the real init is exercised elsewhere.
-    """
-    model = nnx.eval_shape(factory)
-    rng = np.random.default_rng(seed)
-
-    def fill(leaf):
-        bound = 1.0 / np.sqrt(np.prod(leaf.shape[:-1])) if leaf.ndim > 1 else 0.1
-        return jnp.asarray(rng.uniform(-bound, bound, leaf.shape).astype(np.float32))
-
-    nnx.update(model, jax.tree.map(fill, nnx.state(model)))
-    return model
-
 
 forward = nnx.jit(lambda module, x: module(x))
 
