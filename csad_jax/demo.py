@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from csad_jax import report
-from csad_jax.config import fast_config
+from csad_jax.config import fast_config, read_config
 from csad_jax.data import synthetic
-from csad_jax.errors import CSADError
+from csad_jax.errors import ConfigError, CSADError
 from csad_jax.evaluate import evaluate
-from csad_jax.pipeline import fit, format_summary
+from csad_jax.pipeline import CONFIG_JSON, fit, format_summary
 
 DEFAULT_CATEGORY = "breakfast_tray"
 
@@ -36,13 +36,25 @@ def ensure_data(root: Path, category: str, progress: bool) -> None:
         synthetic.generate(root, [category], overwrite=True, progress=progress)
 
 
+def _check_previous_demo(run_dir: Path, config) -> None:
+    """Refuses (without touching it) a demo run made with other settings."""
+    path = run_dir / CONFIG_JSON
+    if path.exists() and read_config(path) != config:
+        raise ConfigError(
+            f"{run_dir} holds a demo run made with other settings (an earlier "
+            "version's fast preset?); remove that folder or pass another --out"
+        )
+
+
 def demo_category(out: Path, category: str, progress: bool) -> dict:
     """Data, fit and eval of one category; returns its metrics record."""
     start = time.perf_counter()
     data = out / "data"
     ensure_data(data, category, progress)
     run_dir = out / "runs" / category
-    model, summary = fit(data, category, run_dir, fast_config(), progress=progress)
+    config = fast_config()
+    _check_previous_demo(run_dir, config)
+    model, summary = fit(data, category, run_dir, config, progress=progress)
     print(format_summary(model, summary))
     record = evaluate(run_dir, data, run_dir / "eval", progress=progress, model=model)
     report.print_metrics_table(record)
