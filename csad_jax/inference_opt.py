@@ -5,10 +5,12 @@ to the channels) through a slow generic grouped-convolution path. Written as
 k x k shifted, strided slices times per-channel weights, summed, XLA fuses
 the depthwise convolution into one vectorised loop instead. Measured on this
 2-core CPU (jax 0.10.2, interleaved, machine shared): EfficientNet-Lite0 up
-to layer3 at 128 px 0.63 -> 0.10 s at batch 8, 0.12 -> 0.06 s at batch 1; the
-fast-preset fused inference 0.51 -> 0.22 s at batch 8 (`csad bench
---compare-plain`). The result equals the convolution up to float32 summation
-order (~5e-7 relative on Lite0 layer3).
+to layer3 at 128 px 0.63 -> 0.10 s at batch 8, 0.12 -> 0.06 s at batch 1;
+fused inference of the former 128 px fast preset 0.51 -> 0.22 s at batch 8
+(`csad bench --compare-plain`). Training uses it too (Lite0 layer1 + layer3 at 192 px,
+batch 4: 0.35 -> 0.08 s, measured while another job ran). The result equals
+the convolution up to float32 summation order (~5e-7 relative on Lite0
+layer3).
 
 `use_fast_depthwise(module)` swaps every depthwise `FrozenConv` inside a module
 for `ShiftedDepthwiseConv`, which shares the same frozen kernel variable (same
