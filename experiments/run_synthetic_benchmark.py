@@ -32,6 +32,7 @@ from csad_jax import report
 from csad_jax.config import fast_config
 from csad_jax.data import synthetic
 from csad_jax.demo import ensure_data
+from csad_jax.errors import CSADError
 from csad_jax.evaluate import evaluate, fit_timing
 from csad_jax.pipeline import fit
 
@@ -127,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     categories = [c for c in args.categories.split(",") if c]
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    rows = [run_category(args.out, c, not args.quiet) for c in categories]
+    rows, failed = [], []
+    for category in categories:
+        try:
+            rows.append(run_category(args.out, category, not args.quiet))
+        except CSADError as err:
+            print(f"benchmark: {category}: error: {err}", file=sys.stderr)
+            failed.append(f"FAIL {category} could not be fitted: {err}")
     text = "\n".join(
         [
             f"date: {started}",
@@ -136,14 +143,15 @@ def main(argv: list[str] | None = None) -> int:
             format_table(rows),
             "",
             *acceptance(rows),
+            *failed,
         ]
     )
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(
-        json.dumps({"date": started, "rows": rows}, indent=2) + "\n"
+        json.dumps({"date": started, "rows": rows, "failed": failed}, indent=2) + "\n"
     )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
