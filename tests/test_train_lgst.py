@@ -1,17 +1,14 @@
 """Tests for LGST training: losses, optimiser, train step, fit/resume/reload."""
 
 import dataclasses
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from fresh_python import run_script
 from lgst_stand_in import StandInBackbone, tiny_config, tiny_networks
 
 from csad_jax.data.image_io import normalize_imagenet
@@ -304,15 +301,7 @@ def test_model_reloaded_in_a_fresh_process_scores_identically(fitted, tmp_path):
     root, _, val, model = fitted
     before = model.score(normalize_imagenet(jnp.asarray(val)))
     np.save(tmp_path / "images.npy", np.asarray(val))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
-    out = subprocess.run(
-        [sys.executable, "-c", _RELOAD_SCRIPT, str(root / "a"), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = run_script(_RELOAD_SCRIPT, str(root / "a"), str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     assert before["pred_score"].shape == (3,)
     score = np.load(tmp_path / "score.npy")
@@ -364,15 +353,7 @@ print("MAXDIFF", diff, float(m1["loss"]), float(m4["loss"]))
 
 @pytest.mark.slow
 def test_one_step_on_four_devices_matches_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
-    out = subprocess.run(
-        [sys.executable, "-c", _MULTI_DEVICE_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    out = run_script(_MULTI_DEVICE_SCRIPT, devices=4, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("MAXDIFF"))
     diff, loss1, loss4 = (float(v) for v in line.split()[1:])

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from fresh_python import run_script
 from segmentor_stand_in import (
     TinyBackbone,
     tiny_config,
@@ -253,23 +254,5 @@ print("DATA_PARALLEL_OK", max(diffs))
 @pytest.mark.slow
 def test_data_parallel_step_matches_single_device():
     """One step sharded over 4 host devices equals the single-device step."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    here = Path(__file__).parent
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", _DATA_PARALLEL_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_script(_DATA_PARALLEL_SCRIPT, devices=4)
     assert "DATA_PARALLEL_OK" in done.stdout, done.stderr[-3000:]
