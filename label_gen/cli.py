@@ -54,6 +54,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rotations", type=int, help="R (official 60; offline 8)")
     parser.add_argument("--bandwidth", type=float, help="MeanShift bandwidth override")
+    parser.add_argument(
+        "--min-labelled",
+        type=int,
+        default=0,
+        help="label at least this many maps, the closest to the largest cluster's "
+        "mean (default 0: official rule only; csad fit passes what its segmentor "
+        "needs)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -201,12 +209,19 @@ def build_settings(args, images) -> LabelSettings:
         _check_bandwidth(args.bandwidth)
         clustering = dataclasses.replace(settings.clustering, bandwidth=args.bandwidth)
         settings = dataclasses.replace(settings, clustering=clustering)
+    if args.min_labelled:
+        clustering = dataclasses.replace(
+            settings.clustering, min_labelled=args.min_labelled
+        )
+        settings = dataclasses.replace(settings, clustering=clustering)
     return _prompt_settings(settings, args, images)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `csad labels` for one category and print a one-line summary."""
     _check_bandwidth(args.bandwidth)
+    if args.min_labelled < 0:
+        raise ConfigError(f"--min-labelled must be >= 0, got {args.min_labelled}")
     _check_out(args.data, args.out, args.category)
     with cli_warnings():
         meta = _generate(args)

@@ -194,6 +194,8 @@ class MapFilter:
     largest_cluster: np.ndarray  # image indices in the largest HDBSCAN cluster
     kept_labels: np.ndarray  # original cluster labels kept, ascending
     hdbscan_labels: np.ndarray
+    # all image indices, closest (L-inf) to the largest cluster's mean first
+    ranking: np.ndarray
 
 
 def filter_label_maps(hist: np.ndarray, settings: ClusterSettings) -> MapFilter:
@@ -211,7 +213,9 @@ def filter_label_maps(hist: np.ndarray, settings: ClusterSettings) -> MapFilter:
     n = len(hist)
     if n == 0 or hist.shape[1] == 0:  # no class survived the alpha filter
         empty = np.zeros(0, np.int64)
-        return MapFilter(empty, np.arange(n), empty, np.zeros(n, np.int64))
+        return MapFilter(
+            empty, np.arange(n), empty, np.zeros(n, np.int64), np.arange(n)
+        )
     labels = _hdbscan_labels(hist, settings)
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     largest = int(ids[int(np.argmax(counts))])
@@ -227,7 +231,9 @@ def filter_label_maps(hist: np.ndarray, settings: ClusterSettings) -> MapFilter:
     )
     members = np.flatnonzero(labels == largest)
     kept = np.flatnonzero(hist[members].mean(axis=0) > settings.min_class_area)
-    return MapFilter(np.unique(chosen), members, kept, labels)
+    mean = hist[members].mean(axis=0)
+    ranking = np.argsort(np.abs(hist - mean).max(axis=1), kind="stable")
+    return MapFilter(np.unique(chosen), members, kept, labels, ranking)
 
 
 def remap_labels(labels: np.ndarray, kept_labels: np.ndarray) -> np.ndarray:

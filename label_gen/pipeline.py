@@ -149,6 +149,28 @@ class ClusterResult:
     stats: dict
 
 
+def with_minimum(
+    labelled: list[int], ranking, has_class: np.ndarray, minimum: int
+) -> list[int]:
+    """Labelled image indices, topped up to `minimum` from `ranking` if short.
+
+    Args:
+      labelled: indices chosen by the official rule (ascending).
+      ranking: [N] all image indices, closest to the largest cluster's mean first.
+      has_class: [N] bool, the image has at least one kept class pixel.
+      minimum: wanted count (0 = official rule unchanged).
+
+    Returns:
+      ascending indices: `labelled` plus the closest other images with a class,
+      until there are `minimum` (or no more such images).
+    """
+    if len(labelled) >= minimum:
+        return labelled
+    chosen = set(labelled)
+    extra = [int(i) for i in ranking if has_class[i] and int(i) not in chosen]
+    return sorted(chosen.union(extra[: minimum - len(labelled)]))
+
+
 def _cluster_stage(feat_dir: Path, images, settings: LabelSettings) -> ClusterResult:
     """MeanShift, alpha filter, HDBSCAN map filtering, class pruning."""
     per_image = [output.load_npz(feat_dir / f"{img.stem}.npz") for img in images]
@@ -162,13 +184,16 @@ def _cluster_stage(feat_dir: Path, images, settings: LabelSettings) -> ClusterRe
     n = len(images)
     clusters = cluster_components(feats, n, settings.clustering)
     hist = class_histograms(index, clusters.labels, areas, n)
-    mf = filter_label_maps(hist, settings.clustering)
+    cl = settings.clustering
+    mf = filter_label_maps(hist, cl)
     final = remap_labels(clusters.labels, mf.kept_labels)
     class_hist = hist[:, mf.kept_labels] if len(mf.kept_labels) else np.zeros((n, 0))
     has_class = class_hist.sum(axis=1) > 0
     # NOTE: images without any kept class pixel (no proposals, no detections,
     # everything background) are never labelled, whatever HDBSCAN says.
     labelled = [int(i) for i in mf.labelled if has_class[i]]
+    by_rule = len(labelled)
+    labelled = with_minimum(labelled, mf.ranking, has_class, cl.min_labelled)
     mean = (
         class_hist[mf.largest_cluster].mean(axis=0) if len(mf.largest_cluster) else []
     )
@@ -182,6 +207,7 @@ def _cluster_stage(feat_dir: Path, images, settings: LabelSettings) -> ClusterRe
         "alpha_min_members": int(settings.clustering.alpha_ratio * n),
         "largest_hdbscan_cluster": int(len(mf.largest_cluster)),
         "hdbscan_clusters": int(mf.hdbscan_labels.max(initial=-1) + 1),
+        "labelled_by_rule": by_rule,
     }
     return ClusterResult(
         np.split(final, np.cumsum(counts)[:-1]),
@@ -267,6 +293,12 @@ def _cluster_notes(result: ClusterResult, n_images: int) -> list[str]:
             "--bandwidth"
         )
     k = len(result.labelled)
+    if k > stats.get("labelled_by_rule", k):
+        notes.append(
+            f"the official rule labelled only {stats['labelled_by_rule']} training "
+            f"images; the next closest to the largest cluster's mean were added up "
+            f"to {k} (min_labelled, docs/fidelity.md)"
+        )
     if result.num_classes and 0 < k < few_labelled_threshold(n_images):
         notes.append(
             f"only {k} of {n_images} training images are labelled (official rule: "

@@ -100,6 +100,9 @@ class ClusterSettings:
     good_ratio: float = 0.5
     filter_hist: bool = True
     min_class_area: float = 0.001
+    # Not official: when the rule above labels fewer maps than this, the next
+    # closest maps to the largest cluster's mean are labelled too (0 = off).
+    min_labelled: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -31,7 +32,7 @@ from csad_jax.data.image_io import normalize_imagenet, read_rgb, resize_rgb
 from csad_jax.errors import ConfigError, DataError
 from csad_jax.model import forward_raw
 from csad_jax.models.teacher import Teacher
-from csad_jax.pipeline import STAGES, fit
+from csad_jax.pipeline import STAGES, fit, label_command
 
 pytestmark = pytest.mark.usefixtures("fast_xla")
 
@@ -229,3 +230,18 @@ def test_forward_raw_reads_one_backbone_pass(model):
         nets.backbone = original
         nets.lgst.teacher.backbone = original
     assert calls == [("layer1", "layer2", "layer3")]
+
+
+@pytest.mark.parametrize("make", [paper_config, fast_config])
+def test_label_command_asks_for_what_the_segmentor_needs(make, tmp_path):
+    config = make()
+    ctx = SimpleNamespace(
+        config=config,
+        view_root=tmp_path,
+        data=SimpleNamespace(name=CATEGORY),
+        progress=False,
+    )
+    cmd = label_command(ctx, tmp_path / "labels")
+    seg = config.segmentor
+    need = seg.batch_size + (seg.holdout_fraction > 0)
+    assert cmd[cmd.index("--min-labelled") + 1] == str(need)

@@ -137,6 +137,17 @@ def test_filter_keeps_the_closest_half_of_the_largest_cluster():
     np.testing.assert_array_equal(mf.kept_labels, [0, 1])
 
 
+def test_ranking_orders_every_map_by_distance_to_the_largest_cluster():
+    hist = _histograms()
+    mf = clustering.filter_label_maps(hist, ClusterSettings())
+    dist = np.abs(hist - hist[mf.largest_cluster].mean(0)).max(1)
+    assert sorted(mf.ranking.tolist()) == list(range(len(hist)))
+    assert np.all(np.diff(dist[mf.ranking]) >= 0)
+    # the official picks are the head of this ranking
+    k = len(mf.labelled)
+    assert set(mf.ranking[:k].tolist()) == set(mf.labelled.tolist())
+
+
 def test_filter_hist_false_takes_the_union_over_clusters():
     hist = _histograms()
     union = clustering.filter_label_maps(hist, ClusterSettings(filter_hist=False))

@@ -17,6 +17,7 @@ from label_gen.pipeline import (
     Backend,
     few_labelled_threshold,
     generate_pseudo_labels,
+    with_minimum,
 )
 from label_gen.settings import settings_for
 from tests.label_gen.scenes import (
@@ -303,6 +304,39 @@ def test_few_labelled_warning_in_a_run(tmp_path, n, filter_hist, warned):
     notes = [w for w in meta["warnings"] if w.startswith("only ")]
     assert len(notes) == int(warned)
     assert all(w.startswith(f"only {k} of {n} training images are") for w in notes)
+
+
+def test_with_minimum_tops_up_from_the_ranking_skipping_classless_maps():
+    ranking = np.array([4, 2, 0, 5, 1, 3])
+    has_class = np.array([True, True, True, False, True, True])
+    assert with_minimum([2, 4], ranking, has_class, 0) == [2, 4]
+    assert with_minimum([2, 4], ranking, has_class, 2) == [2, 4]
+    assert with_minimum([2, 4], ranking, has_class, 4) == [0, 2, 4, 5]
+    # image 3 has no class pixel: never labelled, even when more are wanted
+    assert with_minimum([4], ranking, has_class, 9) == [0, 1, 2, 4, 5]
+
+
+def test_min_labelled_adds_maps_and_says_so(tmp_path):
+    images, truths = _dataset(tmp_path, n=8)
+    backend = _backend(TruthProposer(truths))
+    official = generate_pseudo_labels(
+        images, tmp_path / "a", _settings(), backend, False
+    )
+    k = len(official["labelled"])
+    assert 0 < k < 6 and official["stats"]["labelled_by_rule"] == k
+    assert not [w for w in official["warnings"] if "official rule labelled" in w]
+    meta = generate_pseudo_labels(
+        images, tmp_path / "b", _settings(min_labelled=6), backend, False
+    )
+    assert len(meta["labelled"]) == 6
+    assert set(official["labelled"]) < set(meta["labelled"])
+    assert meta["stats"]["labelled_by_rule"] == k
+    notes = [w for w in meta["warnings"] if "official rule labelled" in w]
+    assert notes == [
+        f"the official rule labelled only {k} training images; the next closest "
+        "to the largest cluster's mean were added up to 6 (min_labelled, "
+        "docs/fidelity.md)"
+    ]
 
 
 def test_an_image_without_components_is_unlabelled(tmp_path):
