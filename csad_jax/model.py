@@ -3,7 +3,8 @@
 One backbone pass (`layer1..layer3`) feeds both branches (method-spec §8, §10):
 the segmentor decodes layer1 + layer3 into a component map whose class and
 patch histograms are scored by Mahalanobis distance (patch histogram branch);
-the teacher projects layer2 + layer3, and the local and global students give
+the teacher projects layer2 + layer3 (paper preset; layer1 + layer2 in the fast
+preset), and the local and global students give
 the LGST anomaly maps. Each branch score is z-normalised with trimmed
 statistics of its validation scores and the two are summed (spec §6).
 

@@ -97,18 +97,20 @@ class LGSTConfig:
     def fast(cls, **overrides) -> LGSTConfig:
         """Embedded CPU preset (not the paper setting).
 
-        EfficientNet-Lite0 teacher (layer2 + layer3, strides 8 and 16), D = 128
+        EfficientNet-Lite0 teacher (layer1 + layer2, strides 4 and 8), D = 128
         projection channels, a narrow local student (32, 64), a global student
         with base width 32, lr 1e-3 and 400 iterations (x0.1 at 95 %); input
         256 px (64 x 64 grid) and batch 2 as official. Chosen for the 10-minute
         CPU budget and on train/validation signals only: lr 1e-3 over 2e-4 on
         the training-loss curve; 256 px / batch 2 / 400 iterations over 128 px /
-        batch 4 (400 or 800 iterations) and 256 px / 250 iterations on a
+        batch 4 (400 or 800 iterations) and 256 px / 250 iterations, and the
+        layer1 + layer2 teacher over the official layer2 + layer3 pair, on a
         validation-only proxy (validation/good against the same images with a
         drawn scratch or spot, experiments/eval_lgst.py).
         """
         values = dict(
             backbone="efficientnet_lite0",
+            teacher_stages=("layer1", "layer2"),
             out_dim=128,
             student_widths=(32, 64),
             global_base_dim=32,
