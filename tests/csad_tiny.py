@@ -108,8 +108,14 @@ def tiny_config(backbone: str = "stand_in", random_init: bool = False) -> CSADCo
             base.segmentor.decoder, aspp_channels=8, low_channels=4, head_channels=8
         ),
     )
+    # The official teacher pair: on the stand-in backbone, a 3-iteration model
+    # with the fast preset's layer1 + layer2 teacher gives near-constant global
+    # maps (quantile range ~1e-3), and the z-normalised fused score then
+    # amplifies float32 rounding past the 1e-5 the export and batching tests
+    # demand. The fast pair runs in the torch restatement and benchmark checks.
     lgst = dataclasses.replace(
         base.lgst,
+        teacher_stages=("layer2", "layer3"),
         image_size=SIZE,
         out_dim=8,
         student_widths=(4, 8),

@@ -37,6 +37,11 @@ OFFICIAL_DECODER = {
 }
 
 
+# Teacher stage pairs the restatement takes (paper: layer2 + layer3; fast
+# preset: layer1 + layer2), as indices into the encoder's [layer1..layer3].
+TEACHER_PAIRS = {("layer2", "layer3"): (1, 2), ("layer1", "layer2"): (0, 1)}
+
+
 class UnsupportedSpec(ValueError):
     """The requested architecture has no PyTorch restatement here."""
 
@@ -152,11 +157,18 @@ class FusedTorch(co.CSADOfficial):
             channels[0], channels[2], k, spec["decoder"], size
         )
         self.patch_hist_detector = co.PatchHistogramDetector(k)
-        self.teacher = co.TeacherHead(channels[1] + channels[2], dim, size // 4)
+        self.teacher_pair = TEACHER_PAIRS[tuple(spec["teacher_stages"])]
+        in_dim = sum(channels[i] for i in self.teacher_pair)
+        self.teacher = co.TeacherHead(in_dim, dim, size // 4)
         self.local_st = WideLocalStudent(dim, spec["student_widths"], size // 4)
         base = int(spec["global_base_dim"])
         self.autoencoder = SizedAutoEncoder(dim, base, size)
         self.eval()
+
+    def teacher_inputs(self, l1, l2, l3) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder stages named by the spec's teacher_stages."""
+        feats = (l1, l2, l3)
+        return tuple(feats[i] for i in self.teacher_pair)
 
 
 def check_spec(spec: dict) -> None:
@@ -169,7 +181,7 @@ def check_spec(spec: dict) -> None:
         problems.append(f"image size {size} (needs a multiple of 64, >= 128)")
     if tuple(spec["segmentor_stages"]) != ("layer1", "layer3"):
         problems.append(f"segmentor stages {spec['segmentor_stages']}")
-    if tuple(spec["teacher_stages"]) != ("layer2", "layer3"):
+    if tuple(spec["teacher_stages"]) not in TEACHER_PAIRS:
         problems.append(f"teacher stages {spec['teacher_stages']}")
     if problems:
         raise UnsupportedSpec("no PyTorch restatement for " + ", ".join(problems))

@@ -299,6 +299,10 @@ class CSADOfficial(nn.Module):
         self.eval()
 
     @torch.no_grad()
+    def teacher_inputs(self, l1, l2, l3) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two encoder stages the teacher projects: layer2, layer3."""
+        return l2, l3
+
     def intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every module's output for ImageNet-normalised images x [B,3,256,256].
 
@@ -314,7 +318,7 @@ class CSADOfficial(nn.Module):
         out = {"layer1": l1, "layer2": l2, "layer3": l3}
         out["logits"] = self.segmentor([l1, l2, l3])
         out.update(self.patch_hist_detector(out["logits"]))
-        out["teacher_raw"] = self.teacher(l2, l3)
+        out["teacher_raw"] = self.teacher(*self.teacher_inputs(l1, l2, l3))
         t = (out["teacher_raw"] - self.teacher_mean) / self.teacher_std
         s_st, s_ae = self.local_st(x)
         a = self.autoencoder(x)
