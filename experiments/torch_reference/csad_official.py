@@ -298,11 +298,11 @@ class CSADOfficial(nn.Module):
         self.patch_hist_detector = PatchHistogramDetector(num_classes)
         self.eval()
 
-    @torch.no_grad()
     def teacher_inputs(self, l1, l2, l3) -> tuple[torch.Tensor, torch.Tensor]:
         """The two encoder stages the teacher projects: layer2, layer3."""
         return l2, l3
 
+    @torch.no_grad()
     def intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every module's output for ImageNet-normalised images x [B,3,256,256].
 
