@@ -221,8 +221,7 @@ def label_command(ctx: FitContext, out: Path) -> list[str]:
         cmd += ["--rotations", str(cfg.rotations)]
     if cfg.bandwidth is not None:
         cmd += ["--bandwidth", str(cfg.bandwidth)]
-    seg = ctx.config.segmentor
-    cmd += ["--min-labelled", str(seg.batch_size + (seg.holdout_fraction > 0))]
+    cmd += ["--min-labelled", str(ctx.config.segmentor.min_labelled)]
     if not ctx.progress:
         cmd.append("--quiet")
     return cmd

@@ -141,6 +141,11 @@ class SegmentorConfig:
         )
         return dataclasses.replace(fast, **overrides)
 
+    @property
+    def min_labelled(self) -> int:
+        """Labelled images training needs: one batch, plus one held back."""
+        return self.batch_size + (self.holdout_fraction > 0)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view (nested dataclasses become dicts)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -244,10 +249,11 @@ def prepare_segmentor_data(
             f"{labels.directory}/labels.json names {unknown[0]}, which is not in "
             f"{category_data.path}/train/good: labels of another dataset?"
         )
-    if len(labels.labelled) < cfg.batch_size + (cfg.holdout_fraction > 0):
+    if len(labels.labelled) < cfg.min_labelled:
+        held = " + held-back" if cfg.holdout_fraction > 0 else ""
         raise DataError(
             f"{labels.directory}: {len(labels.labelled)} labelled images, need at "
-            f"least {cfg.batch_size + 1} (batch size {cfg.batch_size} + held-back)"
+            f"least {cfg.min_labelled} (batch size {cfg.batch_size}{held})"
         )
     order = np.random.default_rng(cfg.seed).permutation(len(labels.labelled))
     n_hold = _holdout_count(len(order), cfg)

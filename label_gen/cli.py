@@ -205,14 +205,12 @@ def build_settings(args, images) -> LabelSettings:
             "--feature-weights (wide_resnet50_2) for the official feature CNN"
         )
     settings = settings_for(args.category, backend, backbone, args.rotations)
+    overrides = {"min_labelled": args.min_labelled} if args.min_labelled else {}
     if args.bandwidth is not None:
         _check_bandwidth(args.bandwidth)
-        clustering = dataclasses.replace(settings.clustering, bandwidth=args.bandwidth)
-        settings = dataclasses.replace(settings, clustering=clustering)
-    if args.min_labelled:
-        clustering = dataclasses.replace(
-            settings.clustering, min_labelled=args.min_labelled
-        )
+        overrides["bandwidth"] = args.bandwidth
+    if overrides:
+        clustering = dataclasses.replace(settings.clustering, **overrides)
         settings = dataclasses.replace(settings, clustering=clustering)
     return _prompt_settings(settings, args, images)
 

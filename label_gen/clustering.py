@@ -194,8 +194,7 @@ class MapFilter:
     largest_cluster: np.ndarray  # image indices in the largest HDBSCAN cluster
     kept_labels: np.ndarray  # original cluster labels kept, ascending
     hdbscan_labels: np.ndarray
-    # all image indices, closest (L-inf) to the largest cluster's mean first
-    ranking: np.ndarray
+    ranking: np.ndarray  # image indices, nearest the largest cluster's mean first
 
 
 def filter_label_maps(hist: np.ndarray, settings: ClusterSettings) -> MapFilter:
@@ -219,21 +218,18 @@ def filter_label_maps(hist: np.ndarray, settings: ClusterSettings) -> MapFilter:
     labels = _hdbscan_labels(hist, settings)
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     largest = int(ids[int(np.argmax(counts))])
-    picks = {}
+    rankings, picks = {}, {}
     for cid, count in zip(ids, counts, strict=True):
         mean = hist[labels == cid].mean(axis=0)
         dist = np.abs(hist - mean).max(axis=1)
-        picks[int(cid)] = np.argsort(dist, kind="stable")[
-            : int(settings.good_ratio * count)
-        ]
+        rankings[int(cid)] = np.argsort(dist, kind="stable")
+        picks[int(cid)] = rankings[int(cid)][: int(settings.good_ratio * count)]
     chosen = (
         picks[largest] if settings.filter_hist else np.concatenate(list(picks.values()))
     )
     members = np.flatnonzero(labels == largest)
     kept = np.flatnonzero(hist[members].mean(axis=0) > settings.min_class_area)
-    mean = hist[members].mean(axis=0)
-    ranking = np.argsort(np.abs(hist - mean).max(axis=1), kind="stable")
-    return MapFilter(np.unique(chosen), members, kept, labels, ranking)
+    return MapFilter(np.unique(chosen), members, kept, labels, rankings[largest])
 
 
 def remap_labels(labels: np.ndarray, kept_labels: np.ndarray) -> np.ndarray:

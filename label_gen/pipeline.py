@@ -184,8 +184,7 @@ def _cluster_stage(feat_dir: Path, images, settings: LabelSettings) -> ClusterRe
     n = len(images)
     clusters = cluster_components(feats, n, settings.clustering)
     hist = class_histograms(index, clusters.labels, areas, n)
-    cl = settings.clustering
-    mf = filter_label_maps(hist, cl)
+    mf = filter_label_maps(hist, settings.clustering)
     final = remap_labels(clusters.labels, mf.kept_labels)
     class_hist = hist[:, mf.kept_labels] if len(mf.kept_labels) else np.zeros((n, 0))
     has_class = class_hist.sum(axis=1) > 0
@@ -193,7 +192,8 @@ def _cluster_stage(feat_dir: Path, images, settings: LabelSettings) -> ClusterRe
     # everything background) are never labelled, whatever HDBSCAN says.
     labelled = [int(i) for i in mf.labelled if has_class[i]]
     by_rule = len(labelled)
-    labelled = with_minimum(labelled, mf.ranking, has_class, cl.min_labelled)
+    minimum = settings.clustering.min_labelled
+    labelled = with_minimum(labelled, mf.ranking, has_class, minimum)
     mean = (
         class_hist[mf.largest_cluster].mean(axis=0) if len(mf.largest_cluster) else []
     )

@@ -244,4 +244,5 @@ def test_label_command_asks_for_what_the_segmentor_needs(make, tmp_path):
     cmd = label_command(ctx, tmp_path / "labels")
     seg = config.segmentor
     need = seg.batch_size + (seg.holdout_fraction > 0)
+    assert need == seg.min_labelled == 5
     assert cmd[cmd.index("--min-labelled") + 1] == str(need)

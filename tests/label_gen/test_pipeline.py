@@ -312,7 +312,7 @@ def test_with_minimum_tops_up_from_the_ranking_skipping_classless_maps():
     assert with_minimum([2, 4], ranking, has_class, 0) == [2, 4]
     assert with_minimum([2, 4], ranking, has_class, 2) == [2, 4]
     assert with_minimum([2, 4], ranking, has_class, 4) == [0, 2, 4, 5]
-    # image 3 has no class pixel: never labelled, even when more are wanted
+    # Image 3 has no class pixel, so it is never labelled, even when more are wanted.
     assert with_minimum([4], ranking, has_class, 9) == [0, 1, 2, 4, 5]
 
 
