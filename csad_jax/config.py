@@ -250,16 +250,24 @@ def dataclass_from_dict(cls, values: Any, where: str):
     """Builds dataclass `cls` from nested dicts/lists (JSON), checking keys.
 
     Nested dataclass fields recurse; tuple-typed fields turn lists back into
-    tuples; optional fields accept null. Types are not otherwise coerced: the
-    sub-configuration's own `validate` judges the values.
+    tuples; optional fields accept null; every key must be present (a partial
+    file would silently take the paper defaults). Scalars must have their
+    field's type (an integer is accepted for a float); the sub-configuration's
+    own `validate` judges the values.
     """
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be an object, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown keys {unknown}")
+    missing = [name for name in fields if name not in values]
+    if missing:
+        raise ConfigError(
+            f"{where}: missing keys {missing}; start from a run's config.json, "
+            "which lists every setting"
+        )
     kwargs = {
         name: _value_from_json(hints[name], value, f"{where}.{name}")
         for name, value in values.items()
@@ -288,4 +296,22 @@ def _value_from_json(hint, value: Any, where: str):
         return tuple(
             _value_from_json(inner, v, where) if inner is not Any else v for v in value
         )
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint, value: Any, where: str):
+    """`value` as the scalar type `hint` (bool, int, float, str); else unchanged."""
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        return value
+    if not ok:
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
     return value

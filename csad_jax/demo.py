@@ -91,7 +91,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     which.add_argument("--all", action="store_true", help="every synthetic category")
     parser.add_argument(
-        "--out", type=Path, default=Path("csad_demo"), help="output folder"
+        "--out",
+        type=Path,
+        default=Path("csad_demo"),
+        help="output folder: data/ and runs/<category>/ (default ./csad_demo)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -108,6 +108,36 @@ def fit_timing(run_dir: Path) -> dict[str, float]:
         return {}
 
 
+OUTPUTS = ("metrics.json", "scores.csv", "report.html", "anomaly_maps")
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """DataError unless `out_dir` may receive the evaluation outputs.
+
+    A new or unrelated folder may; so may an earlier evaluation's (its
+    metrics.json is a valid csad record), whose outputs are replaced. A folder
+    holding a report.html, scores.csv, anomaly_maps or metrics.json of
+    something else is refused, so nothing of the user's is overwritten.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file, not a folder")
+    present = [name for name in OUTPUTS if (out_dir / name).exists()]
+    maps = out_dir / "anomaly_maps"
+    if maps.is_dir() and all(
+        p.is_dir() or p.suffix == ".tiff" for p in maps.rglob("*")
+    ):
+        present.remove("anomaly_maps")  # TIFF maps of an interrupted evaluation
+    if not present:
+        return
+    try:
+        report.read_metrics_json(out_dir / "metrics.json")
+    except report.ReportError:
+        raise DataError(
+            f"{out_dir} already holds {', '.join(present)} not written by csad "
+            "eval; use another --out"
+        ) from None
+
+
 def evaluate(
     run_dir: str | Path,
     data_root: str | Path,
@@ -133,6 +163,7 @@ def evaluate(
     start = time.perf_counter()
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    check_output_folder(out_dir)
     model = load_model(run_dir) if model is None else model
     category = str(model.meta["category"])
     data = load_category(data_root, category)

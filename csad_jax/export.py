@@ -32,6 +32,8 @@ from csad_jax.data.image_io import IMAGENET_MEAN, IMAGENET_STD
 from csad_jax.errors import CheckpointError, ConfigError, CSADError
 
 FORMAT = "csad-jax-export"
+# Lowering platforms `jax.export` accepts.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 FORMAT_VERSION = 1
 OUTPUTS = ("fused", "patch_histogram", "lgst", "anomaly_map", "segmentation")
 # Heatmap display range of the combined LGST map: 0.1 per map is the level of
@@ -86,29 +88,96 @@ class Artifact:
         return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def load_artifact(path: str | Path) -> Artifact:
-    """Reads an artifact written by `export_run`; CheckpointError if unusable."""
+def _check_header(header) -> None:
+    """ValueError unless `header` has the fields `Artifact` relies on."""
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
+        raise ValueError("not a csad-jax export (format 1)")
+    sizes, count = header.get("batch_sizes"), header.get("num_weights")
+    if not sizes or not all(isinstance(b, int) and b > 0 for b in sizes):
+        raise ValueError(f"bad batch_sizes {sizes!r}")
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"bad num_weights {count!r}")
+    shape = header.get("input", {}).get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and isinstance(shape[1], int)):
+        raise ValueError(f"bad input shape {shape!r}")
+    train = header.get("train_image_size")
+    if train is not None and not (
+        isinstance(train, list)
+        and len(train) == 2
+        and all(isinstance(v, int) for v in train)
+    ):
+        raise ValueError(f"bad train_image_size {train!r}")
+
+
+def _check_signature(exported: dict, weights: list[np.ndarray], size: int) -> None:
+    """ValueError unless every Exported takes exactly these weights and images."""
+    for batch, exp in exported.items():
+        avals = exp.in_avals
+        want = [(tuple(w.shape), np.dtype(w.dtype)) for w in weights]
+        want.append(((batch, size, size, 3), np.dtype(np.float32)))
+        got = [(tuple(a.shape), np.dtype(a.dtype)) for a in avals]
+        if got != want:
+            raise ValueError(
+                f"the batch-{batch} function does not take the stored weights and "
+                f"[{batch}, {size}, {size}, 3] images"
+            )
+
+
+def load_artifact(path: str | Path, check_platform: bool = True) -> Artifact:
+    """Reads an artifact written by `export_run`; CheckpointError if unusable.
+
+    Args:
+      path: the .npz artifact.
+      check_platform: refuse an artifact not lowered for this machine's platform.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"export artifact {path} not found")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a csad-jax export artifact (not an .npz archive; "
+            "write one with csad export)"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(bytes(data["header"]).decode("utf-8"))
-            if (
-                header.get("format") != FORMAT
-                or header.get("version") != FORMAT_VERSION
-            ):
-                raise ValueError("not a csad-jax export (format 1)")
+            _check_header(header)
             exported = {
-                int(b): jax.export.deserialize(bytearray(data[f"exported_b{b}"]))
+                b: _deserialize(data[f"exported_b{b}"], b)
                 for b in header["batch_sizes"]
             }
             weights = [data[f"w{i:05d}"] for i in range(header["num_weights"])]
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        _check_signature(exported, weights, int(header["input"]["shape"][1]))
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        zipfile.BadZipFile,
+    ) as err:
         raise CheckpointError(
             f"{path} is not a usable export artifact ({err})"
         ) from None
+    here = jax.export.default_export_platform()
+    platforms = header.get("platforms", [])
+    if check_platform and here not in platforms:
+        raise CheckpointError(
+            f"{path} was exported for {', '.join(platforms)} but this machine runs "
+            f"{here}; export it again with --platforms {','.join([*platforms, here])}"
+        )
     return Artifact(header, exported, weights)
+
+
+def _deserialize(blob: np.ndarray, batch: int) -> jax.export.Exported:
+    """One serialised Exported; ValueError if the bytes are damaged."""
+    try:
+        return jax.export.deserialize(bytearray(blob))
+    except Exception as err:  # flatbuffer and StableHLO errors have many types
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"the batch-{batch} function is damaged ({first})") from None
 
 
 def heatmap_png(amap: np.ndarray, image: np.ndarray) -> Image.Image:
@@ -205,6 +274,46 @@ def export_run(
     return export_model(load_model(run_dir), out, platforms)
 
 
+def export_platforms(platforms: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The lowering platforms, default the current one; ConfigError if unknown."""
+    platforms = tuple(platforms or (jax.export.default_export_platform(),))
+    unknown = sorted(set(platforms) - set(PLATFORMS))
+    if unknown:
+        raise ConfigError(
+            f"unknown export platform {', '.join(unknown)}; choose from "
+            f"{', '.join(PLATFORMS)}"
+        )
+    return platforms
+
+
+def artifact_path(out: str | Path) -> Path:
+    """The file `csad export --out OUT` writes: OUT, with `.npz` added if missing.
+
+    Raises ConfigError when OUT is an existing folder (name a file inside it).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(
+            f"{out} is a folder; give the artifact file, e.g. {out}/model.npz"
+        )
+    if out.suffix.lower() != ".npz":
+        out = out.with_name(out.name + ".npz")
+    if out.exists() and not _is_artifact(out):
+        raise ConfigError(
+            f"{out} exists and is not a csad-jax export; refusing to replace it"
+        )
+    return out
+
+
+def _is_artifact(path: Path) -> bool:
+    """Whether `path` is a file `csad export` wrote (it may then be replaced)."""
+    try:
+        load_artifact(path, check_platform=False)
+    except CheckpointError:
+        return False
+    return True
+
+
 def export_model(model, out: str | Path, platforms: tuple[str, ...] | None = None):
     """`export_run` for an already loaded `csad_jax.model.CSADModel`."""
     from csad_jax.model import batch_buckets
@@ -218,7 +327,7 @@ def export_model(model, out: str | Path, platforms: tuple[str, ...] | None = Non
         out = fn(state, calib, images)
         return {k: out[k] for k in OUTPUTS}
 
-    platforms = tuple(platforms or (jax.default_backend(),))
+    platforms = export_platforms(platforms)
     batch_sizes = batch_buckets(model.config.batch_size)
     s = model.image_size
     specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
@@ -233,9 +342,7 @@ def export_model(model, out: str | Path, platforms: tuple[str, ...] | None = Non
     arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
     arrays.update(blobs)
     arrays.update({f"w{i:05d}": w for i, w in enumerate(weights)})
-    out = Path(out)
-    if out.suffix != ".npz":
-        out = out.with_name(out.name + ".npz")
+    out = artifact_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("wb") as f:
@@ -259,6 +366,14 @@ def run(args: argparse.Namespace) -> int:
     platforms = None
     if args.platforms:
         platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    platforms = export_platforms(platforms)
+    artifact_path(args.out)
+    if sys.stderr.isatty():
+        print(
+            f"csad export: loading {args.run}, lowering for {', '.join(platforms)}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         path = export_run(args.run, args.out, platforms)
     except OSError as err:

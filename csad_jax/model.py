@@ -423,6 +423,7 @@ def save_model(model: CSADModel, run_dir: str | Path) -> Path:
     if model.calib.fusion is None:
         raise ConfigError("refusing to save an uncalibrated model")
     directory = Path(run_dir) / MODEL_DIR
+    check_replaceable(directory)
     (directory / MODEL_JSON).unlink(missing_ok=True)
     ckpt = Checkpointer(directory / ARRAYS_DIR, max_to_keep=1)
     ckpt.save(0, _array_tree(model))
@@ -441,6 +442,36 @@ def save_model(model: CSADModel, run_dir: str | Path) -> Path:
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(directory / MODEL_JSON)
     return directory
+
+
+def check_replaceable(directory: Path) -> None:
+    """CheckpointError unless `directory` is absent or holds only a csad model.
+
+    A model folder may be replaced when it contains nothing but what
+    `save_model` writes (model.json, its .tmp, arrays/) and its model.json, if
+    any, is a csad-jax record; anything else may be the user's and is kept.
+    """
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"{directory} is a file; move it away or use another --out"
+        )
+    ours = {MODEL_JSON, MODEL_JSON + ".tmp", ARRAYS_DIR}
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+    record = None
+    if (directory / MODEL_JSON).is_file():
+        try:
+            record = json.loads((directory / MODEL_JSON).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if not isinstance(record, dict) or record.get("format") != FORMAT_VERSION:
+            foreign.append(MODEL_JSON)
+    if foreign:
+        raise CheckpointError(
+            f"{directory} holds files csad did not write ({', '.join(foreign)}); "
+            "move them away or use another --out"
+        )
 
 
 def model_directory(run_dir: str | Path) -> Path:
@@ -537,7 +568,11 @@ def load_model(run_dir: str | Path, backbone=None) -> CSADModel:
         )
     nets = build_networks(config, backbone, num_classes)
     like = _array_tree(_Shell(nets, config, num_classes))
-    tree = Checkpointer(directory / ARRAYS_DIR).restore(like)
+    advice = (
+        f"delete {directory} and rerun csad fit with the same --out: it "
+        "recalibrates from the fitted stages"
+    )
+    tree = Checkpointer(directory / ARRAYS_DIR, advice=advice).restore(like)
     nnx.update(nets.decoder, tree["decoder"]["params"], tree["decoder"]["batch_stats"])
     nnx.update(nets.lgst, tree["lgst"]["params"], tree["lgst"]["buffers"])
     meta = {k: v for k, v in record.items() if k not in _RECORD_ONLY}

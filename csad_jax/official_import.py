@@ -627,6 +627,7 @@ def import_official(
     target = run_dir / model_lib.MODEL_DIR
     if target.exists() and not force:
         raise CheckpointError(f"{target} already exists (use --force to replace it)")
+    model_lib.check_replaceable(target)
     digest = _sha256(checkpoint)
     imported = map_official(read_checkpoint(checkpoint), str(checkpoint))
     if target.exists():

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -277,9 +278,11 @@ def segment_images(segmentor, images_u8: np.ndarray, batch_size: int, desc):
 def stage_patch_histogram(ctx: FitContext, segmentor) -> PatchHistogramScorer:
     """Fits the class/patch histogram Gaussians on train/good label maps."""
     hist = ctx.config.histogram
-    ckpt = Checkpointer(ctx.run_dir / "patch_histogram", max_to_keep=1)
+    folder = ctx.run_dir / "patch_histogram"
+    advice = f"delete {folder}: csad fit then fits the histograms again"
+    ckpt = Checkpointer(folder, max_to_keep=1, advice=advice)
     try:
-        if ctx.record.done("patch_histogram"):
+        if ctx.record.done("patch_histogram") and ckpt.latest_step() is not None:
             like = model_lib.like_calibration(ctx.config, segmentor.num_outputs - 1)
             scorer = ckpt.restore(like.scorer.replace(stats=None))
             return scorer
@@ -391,16 +394,36 @@ def fit(
     """
     config.validate()
     data_root, run_dir = Path(data_root).resolve(), Path(run_dir)
+    view = run_dir / "data_view"
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_fit_category(data_root, category, run_dir)
-    check_config(run_dir, config)
-    record = RunRecord(run_dir, category, data_root)
-    ctx = FitContext(config, run_dir, data, run_dir / "data_view", record, progress)
-    # The backbone first: missing weights must fail before any long stage.
-    ctx.backbone = (
-        model_lib.build_backbone(config.backbone) if backbone is None else backbone
-    )
-    stages = StageRunner(record, progress)
+    try:
+        data = load_fit_category(data_root, category, run_dir)
+        check_config(run_dir, config)
+        record = RunRecord(run_dir, category, data_root)
+        ctx = FitContext(config, run_dir, data, view, record, progress)
+        # The backbone first: missing weights must fail before any long stage.
+        ctx.backbone = (
+            model_lib.build_backbone(config.backbone) if backbone is None else backbone
+        )
+    except CSADError as err:
+        if created:  # nothing of the user's is in a folder this call made
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise _with_user_paths(err, view, data_root) from None
+    try:
+        return _run_stages(ctx, labels_dir, data_root)
+    except CSADError as err:
+        raise _with_user_paths(err, view, data_root) from None
+
+
+def _run_stages(ctx: FitContext, labels_dir, data_root: Path):
+    """The five stages of `fit`, each resumed or run."""
+    record, run_dir = ctx.record, ctx.run_dir
+    if not all(record.done(stage) for stage in STAGES):
+        # Decode every fit image now: a broken one must fail before hours of work.
+        ctx.images("train")
+        ctx.images("validation")
+    stages = StageRunner(record, ctx.progress)
     labels = stages.run("labels", stage_labels, ctx, _opt_path(labels_dir))
     segmentor = stages.run("segmentor", stage_segmentor, ctx, labels)
     scorer = stages.run("patch_histogram", stage_patch_histogram, ctx, segmentor)
@@ -413,6 +436,18 @@ def fit(
         parts = (segmentor, scorer, lgst_model, meta)
         fused = stages.run("calibration", stage_calibration, ctx, *parts)
     return fused, stages.summary
+
+
+def _with_user_paths(err: CSADError, view: Path, data_root: Path) -> CSADError:
+    """`err` with paths inside the run's data view shown as the user's data paths.
+
+    The fit reads train/ and validation/ through links in `<run>/data_view`; a
+    message about an image there should name the file the user can open.
+    """
+    text = str(err)
+    for prefix in dict.fromkeys((str(view.resolve()), str(view))):
+        text = text.replace(prefix, str(data_root))
+    return err if text == str(err) else type(err)(text)
 
 
 def _opt_path(path) -> Path | None:

@@ -1,17 +1,20 @@
 """`csad predict`: score image files with a fitted run or an exported artifact.
 
 Prints one JSON line per image on stdout (`image`, `fused`, `patch_histogram`,
-`lgst`, and `heatmap` when --out is given) and writes a heatmap PNG per image
-into --out. Images of any mode are decoded to RGB and resized to the model
-input like the training images; an image whose size differs from the training
-images is still scored, with a one-line warning on stderr. With --artifact
-only jax, numpy and the image decoding helpers are used (no training code).
+`lgst`, and `heatmap` when --out is given; a score that is not finite is null,
+with a warning) and writes a heatmap PNG per image into --out (see
+`heatmap_paths` for the names). Images of any mode are decoded to RGB and
+resized to the model input like the training images; an image whose size
+differs from the training images is still scored, with a one-line warning.
+With --artifact only jax, numpy and the image decoding helpers are used (no
+training code).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +54,50 @@ def load_images(paths, size: int, train_size) -> tuple[list[np.ndarray], np.ndar
     return originals, np.stack(resized)
 
 
+def heatmap_paths(paths, out_dir) -> list[Path]:
+    """Where the heatmap of each image goes, one distinct file per input image.
+
+    `<out>/<stem>_heatmap.png` when the stems are unique. When they repeat (LOCO
+    names every folder's images 000.png, 001.png, ...), the images' folders below
+    their common folder are mirrored: `test/good/000.png` and
+    `test/logical_anomalies/000.png` go to `<out>/good/000_heatmap.png` and
+    `<out>/logical_anomalies/000_heatmap.png`. Files differing only in their
+    extension also keep it (`000_png_heatmap.png`).
+
+    Args:
+      paths: the image files, in input order.
+      out_dir: the heatmap folder.
+    """
+    out_dir = Path(out_dir)
+    images = [Path(p).resolve() for p in paths]
+    unique = set(images)
+    if len({p.stem for p in unique}) == len(unique):
+        return [out_dir / f"{p.stem}_heatmap.png" for p in images]
+    root = Path(os.path.commonpath([p.parent for p in unique]))
+    names = {(p.parent, p.stem) for p in unique}
+    tag_extension = len(names) < len(unique)
+    targets = []
+    for p in images:
+        tag = f"_{p.suffix.lstrip('.')}" if tag_extension and p.suffix else ""
+        targets.append(
+            out_dir / p.parent.relative_to(root) / f"{p.stem}{tag}_heatmap.png"
+        )
+    return targets
+
+
+def _finite(value, name: str, path) -> float | None:
+    """A score as a float, or None (JSON null) with a warning if not finite."""
+    value = float(value)
+    if np.isfinite(value):
+        return value
+    print(
+        f"csad predict: warning: the {name} score of {path} is {value}; the "
+        "model is damaged or the image is far outside its training data",
+        file=sys.stderr,
+    )
+    return None
+
+
 def predict_paths(predictor, paths, size: int, train_size, out_dir=None):
     """Scores image files; yields one result dict per image.
 
@@ -64,13 +111,13 @@ def predict_paths(predictor, paths, size: int, train_size, out_dir=None):
     """
     originals, resized = load_images(paths, size, train_size)
     outputs = predictor(normalise_images(resized))
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    targets = heatmap_paths(paths, out_dir) if out_dir is not None else None
     for i, path in enumerate(paths):
         result = {"image": str(path)}
-        result.update({k: float(outputs[k][i]) for k in SCORE_KEYS})
-        if out_dir is not None:
-            target = Path(out_dir) / f"{Path(path).stem}_heatmap.png"
+        result.update({k: _finite(outputs[k][i], k, path) for k in SCORE_KEYS})
+        if targets is not None:
+            target = targets[i]
+            target.parent.mkdir(parents=True, exist_ok=True)
             heatmap_png(outputs["anomaly_map"][i], originals[i]).save(target)
             result["heatmap"] = str(target)
         yield result
@@ -101,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     """Run `csad predict`: one JSON line per image on stdout."""
     if not args.images:
         raise ConfigError("no image given")
+    if sys.stderr.isatty():
+        source = args.artifact if args.artifact is not None else args.run
+        print(f"csad predict: loading {source}", file=sys.stderr, flush=True)
     predictor, size, train = _run_predictor(args)
     try:
         for result in predict_paths(predictor, args.images, size, train, args.out):

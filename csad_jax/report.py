@@ -73,7 +73,7 @@ def _atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
     os.replace(tmp, path)
     return path
 
@@ -295,7 +295,9 @@ def write_scores_csv(
 
     Args:
       path: output file.
-      images: N image names (relative path or stem).
+      images: N image names (relative path or stem). Bytes of a file name
+        that are not UTF-8 are written as backslash escapes (`\\udcff` for 0xff),
+        so the file stays valid UTF-8.
       kinds: N kinds; written as the dataset folder name (e.g.
         "logical_anomalies").
       scores: column name -> [N] scores; a missing branch gives empty cells.
@@ -314,7 +316,7 @@ def write_scores_csv(
         raise ReportError(f"{len(kinds)} kinds for {n} images")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "kind", *SCORE_COLUMNS])
         for i in range(n):
@@ -553,7 +555,8 @@ _STYLE = (
     "body{font-family:sans-serif;margin:1.5em;max-width:1200px}"
     "table.metrics{border-collapse:collapse;margin:0.8em 0}"
     "table.metrics td,table.metrics th{border:1px solid #bbb;padding:3px 9px;"
-    "text-align:right}img{max-width:100%}"
+    "text-align:right}table.side{display:inline-table;margin-right:2em;"
+    "vertical-align:top}img{max-width:100%}"
 )
 
 
@@ -568,6 +571,24 @@ def _score_arrays(scores: Mapping[str, object], n: int) -> dict[str, np.ndarray]
     if "fused" not in arrays:
         raise ReportError("scores must contain the fused score ('fused')")
     return arrays
+
+
+def _counts_timing_html(counts: Mapping[str, int], timing: Mapping[str, float]):
+    """Test images per kind and seconds per stage, as two small tables."""
+
+    def table(header: str, rows: list[tuple[str, str]]) -> str:
+        cells = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            for k, v in rows
+        )
+        return (
+            f'<table class="metrics side"><tr><th colspan=2>{header}</th></tr>'
+            f"{cells}</table>"
+        )
+
+    images = table("test images", [(k, str(n)) for k, n in counts.items()])
+    seconds = table("seconds", [(k, f"{t:.1f}") for k, t in timing.items()])
+    return f"<h2>Data and timing</h2>{images}{seconds}"
 
 
 def write_report_html(
@@ -610,8 +631,7 @@ def write_report_html(
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Metrics (%)</h2>",
         _metrics_table_html(metrics),
-        f"<p>counts: {html.escape(json.dumps(metrics['counts']))}; timing (s): "
-        f"{html.escape(json.dumps(metrics['timing']))}</p>",
+        _counts_timing_html(metrics["counts"], metrics["timing"]),
         "<h2>ROC curves</h2>",
         _roc_figure(arrays, kinds_arr),
         "<h2>Score distributions</h2>",

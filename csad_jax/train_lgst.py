@@ -629,7 +629,9 @@ def load_lgst(workdir, backbone) -> LGSTModel:
         TeacherStats(jnp.zeros((1, 1, 1, d)), jnp.ones((1, 1, 1, d))),
         MapQuantiles(*(jnp.float32(0.0) for _ in range(4))),
     )
-    tree = Checkpointer(Path(workdir) / "model").restore(like)
+    model_dir = Path(workdir) / "model"
+    advice = f"delete {model_dir}: fitting then resumes from the last LGST checkpoint"
+    tree = Checkpointer(model_dir, advice=advice).restore(like)
     nnx.update(nets, tree["params"], tree["buffers"])
     return LGSTModel(
         nets, tree["teacher_stats"], tree["quantiles"], config.score_variant

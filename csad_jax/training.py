@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -150,11 +151,19 @@ class Checkpointer:
       directory: folder holding one sub-folder per saved step.
       max_to_keep: number of most recent checkpoints kept on disk.
       save_every: `should_save(step)` is true every this many steps.
+      advice: what the error for a corrupt checkpoint tells the user to do.
     """
 
-    def __init__(self, directory, max_to_keep: int = 3, save_every: int = 1000):
+    def __init__(
+        self,
+        directory,
+        max_to_keep: int = 3,
+        save_every: int = 1000,
+        advice: str = "delete it to resume from an earlier one",
+    ):
         self.directory = Path(directory).absolute()
         self.save_every = max(1, int(save_every))
+        self.advice = advice
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
         )
@@ -195,13 +204,17 @@ class Checkpointer:
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
         origin = f"checkpoint {self.directory}/{step}"
+        _mute_aborted_reads()
         try:
             flat = self._manager.restore(step, args=ocp.args.StandardRestore())
+            failure = None
         except Exception as err:  # corrupt files raise many types
+            failure = err
+        if failure is not None:
             raise CheckpointError(
-                f"{origin} is corrupt or unreadable ({_first_line(err)}); "
-                "delete it to resume from an earlier one"
-            ) from err
+                f"{origin} is corrupt or unreadable ({_first_line(failure)}); "
+                f"{self.advice}"
+            ) from failure
         if not isinstance(flat, Mapping):
             raise CheckpointError(f"{origin} is not a csad-jax checkpoint")
         return unflatten_like(flat, like, origin)
@@ -217,6 +230,30 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending writes and releases the manager."""
         self._manager.close()
+
+
+def _mute_aborted_reads() -> None:
+    """From now on, drops the errors of the reads a failed restore leaves running.
+
+    When one array of a checkpoint is unreadable, Orbax closes its event loop
+    while TensorStore still reads the other arrays; each of those reads then
+    reports "RuntimeError: Event loop is closed" through `sys.unraisablehook`,
+    from a C++ thread, before or after the restore raises. Only that error is
+    dropped (the one-line CheckpointError says what happened); every other
+    unraisable error is reported as before.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_csad_mutes_aborted_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._csad_mutes_aborted_reads = True
+    sys.unraisablehook = hook
 
 
 def _first_line(err: BaseException) -> str:

@@ -120,15 +120,44 @@ def _resized_size(h: int, w: int, short: int = 800, longest: int = 1333) -> tupl
     return short, int(short * w / h)
 
 
+# What each user-supplied file is, the option that names it, and where to get it
+# (nothing is downloaded at run time).
+WHERE_TO_GET = {
+    "SAM checkpoint": (
+        "--sam-checkpoint",
+        "sam_vit_h_4b8939.pth from the segment-anything release, or an HQ-SAM "
+        "checkpoint",
+    ),
+    "GroundingDINO config": (
+        "--grounding-config",
+        "GroundingDINO_SwinB_cfg.py from the GroundingDINO repository",
+    ),
+    "GroundingDINO checkpoint": (
+        "--grounding-checkpoint",
+        "groundingdino_swinb_cogcoor.pth from the GroundingDINO release",
+    ),
+    "BERT text-encoder": (
+        "--text-encoder",
+        "a local copy of the Hugging Face bert-base-uncased folder",
+    ),
+}
+
+
 def require_file(path, what: str, folder: bool = False) -> Path:
-    """A local file (or folder) that must exist; MissingFileError otherwise."""
+    """A local file (or folder) that must exist; MissingFileError otherwise.
+
+    The error names the option that gives it and where to get it.
+    """
+    option, source = WHERE_TO_GET.get(what, (None, None))
+    hint = f" (download {source} yourself)" if source else ""
     if path is None:
-        raise MissingFileError(f"no {what} given")
+        given = f"; give it with {option}" if option else ""
+        raise MissingFileError(f"no {what} given{given}{hint}")
     path = Path(path)
     ok = path.is_dir() if folder else path.is_file()
     if not ok:
         kind = "folder" if folder else "file"
-        raise MissingFileError(f"{what} {kind} not found: {path}")
+        raise MissingFileError(f"{what} {kind} not found: {path}{hint}")
     return path
 
 

@@ -7,6 +7,7 @@ must be converted; the converted parameters are cached as .npz afterwards.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,18 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
+    """The first line of an error, or a plain reason when torch gives none.
+
+    Non-checkpoint bytes make torch's unpickler fail with bare KeyErrors such
+    as `101` (the byte 'e' read as an opcode) or an empty EOFError.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().strip("'")
+    first = text.splitlines()[0] if text else ""
+    if isinstance(err, (KeyError, EOFError)) or not any(c.isalpha() for c in first):
+        return "not a file written by torch.save, or truncated"
+    if "weights_only" in text or "Weights only" in text:
+        return "it holds pickled Python objects, not only tensors; refused unread"
+    return first[:200]
 
 
 def _unwrap(obj, path: Path) -> dict:

@@ -24,6 +24,8 @@ from csad_jax import model as model_lib
 from csad_jax import report
 from csad_jax.cli import main
 from csad_jax.config import write_config
+from csad_jax.evaluate import check_output_folder
+from csad_jax.predict import heatmap_paths, predict_paths
 
 pytestmark = pytest.mark.usefixtures("fast_xla")
 
@@ -73,6 +75,23 @@ def test_eval_writes_metrics_scores_report_and_maps(evaluated):
     assert len(tiffs) == 13
 
 
+def test_eval_keeps_files_it_did_not_write(tiny, evaluated, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("my own report")
+    argv = ["eval", "--run", str(tiny["run"]), "--data", str(tiny["data"])]
+    assert main([*argv, "--out", str(mine), "--quiet"]) == 2
+    err = _lines(capsys.readouterr().err)
+    assert len(err) == 1 and "not written by csad eval" in err[0]
+    assert (mine / "report.html").read_text() == "my own report"
+    check_output_folder(evaluated)  # an earlier evaluation may be replaced
+    check_output_folder(tmp_path / "new")
+    partial = tmp_path / "partial" / "anomaly_maps" / CATEGORY / "test" / "good"
+    partial.mkdir(parents=True)
+    (partial / "000.tiff").write_bytes(b"")
+    check_output_folder(tmp_path / "partial")  # maps of an interrupted run
+
+
 def test_predict_prints_one_json_line_per_image(tiny, tmp_path, capsys):
     images = sorted((tiny["data"] / CATEGORY / "test" / "good").glob("*.png"))[:2]
     heat = tmp_path / "heat"
@@ -85,6 +104,46 @@ def test_predict_prints_one_json_line_per_image(tiny, tmp_path, capsys):
     for r in results:
         assert {"fused", "patch_histogram", "lgst", "heatmap"} <= set(r)
         assert Image.open(r["heatmap"]).size == (128, 128)
+
+
+def test_predict_keeps_one_heatmap_per_image_when_names_repeat(tiny, tmp_path, capsys):
+    test = tiny["data"] / CATEGORY / "test"
+    images = [test / "good" / "000.png", test / "logical_anomalies" / "000.png"]
+    heat = tmp_path / "heat"
+    argv = ["predict", "--run", str(tiny["run"]), *map(str, images)]
+    assert main([*argv, "--out", str(heat)]) == 0
+    results = [json.loads(line) for line in _lines(capsys.readouterr().out)]
+    assert [r["heatmap"] for r in results] == [
+        str(heat / "good" / "000_heatmap.png"),
+        str(heat / "logical_anomalies" / "000_heatmap.png"),
+    ]
+    first, second = (np.asarray(Image.open(r["heatmap"])) for r in results)
+    assert not np.array_equal(first, second)
+
+
+def test_scores_that_are_not_finite_are_null_with_a_warning(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+
+    def predictor(images):
+        n = len(images)
+        nan = np.full(n, np.nan, np.float32)
+        return {"fused": nan, "patch_histogram": -nan, "lgst": np.ones(n)}
+
+    (result,) = predict_paths(predictor, [image], 8, None)
+    assert result["fused"] is None and result["lgst"] == 1.0
+    json.dumps(result, allow_nan=False)
+    assert "fused score of" in capsys.readouterr().err
+
+
+def test_heatmap_paths_are_distinct_and_flat_when_names_are_unique(tmp_path):
+    out = tmp_path / "out"
+    flat = heatmap_paths([tmp_path / "a" / "1.png", tmp_path / "b" / "2.png"], out)
+    assert flat == [out / "1_heatmap.png", out / "2_heatmap.png"]
+    same_folder = heatmap_paths([tmp_path / "0.png", tmp_path / "0.jpg"], out)
+    assert same_folder == [out / "0_png_heatmap.png", out / "0_jpg_heatmap.png"]
+    repeated = heatmap_paths([tmp_path / "0.png", tmp_path / "0.png"], out)
+    assert repeated == [out / "0_heatmap.png"] * 2
 
 
 def test_predict_takes_any_mode_and_warns_about_another_size(tiny, tmp_path, capsys):
@@ -158,6 +217,7 @@ def test_fit_refuses_bad_data_in_one_line(tiny, tmp_path, capsys):
     )
     err = _lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "category 'nope' not found" in err[0]
+    assert not (tmp_path / "r1").exists()
     data = tmp_path / "data"
     shutil.copytree(tiny["data"], data)
     shutil.rmtree(data / CATEGORY / "validation")
@@ -167,6 +227,26 @@ def test_fit_refuses_bad_data_in_one_line(tiny, tmp_path, capsys):
     )
     err = _lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "validation/good" in err[0]
+    assert not (tmp_path / "r2").exists()
+    shutil.copytree(
+        tiny["data"] / CATEGORY / "validation", data / CATEGORY / "validation"
+    )
+    broken = sorted((data / CATEGORY / "validation" / "good").glob("*.png"))[-1]
+    broken.write_bytes(broken.read_bytes()[:100])
+    code = main(
+        [*base, "--data", str(data), "--category", CATEGORY]
+        + ["--out", str(tmp_path / "r3")]
+    )
+    err = _lines(capsys.readouterr().err)
+    assert code == 2 and len(err) == 1 and str(broken.resolve()) in err[0], err
+    assert not (tmp_path / "r3" / "labels").exists()  # before any stage
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "notes" / "keep.txt").write_text("the user's file")
+    code = main(
+        [*base, "--data", str(data), "--category", CATEGORY, "--out", str(mine)]
+    )
+    assert code == 2 and (mine / "notes" / "keep.txt").read_text() == "the user's file"
 
 
 def _csad(*args, cwd: Path) -> subprocess.CompletedProcess:

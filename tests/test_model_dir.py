@@ -18,7 +18,7 @@ from csad_tiny import (
 )
 
 from csad_jax.errors import CheckpointError
-from csad_jax.model import load_model, read_model_json
+from csad_jax.model import check_replaceable, load_model, read_model_json
 
 TESTS = Path(__file__).parent
 
@@ -137,6 +137,36 @@ def test_missing_or_corrupt_arrays(tiny, tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_model(run, backbone=StandInBackbone())
     _one_line(err)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_truncated_array_file_gives_one_line_and_no_thread_noise(tiny, tmp_path, capfd):
+    run = copy_run(tiny["run"], tmp_path / "run")
+    files = [p for p in (run / "model" / "arrays").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 3])
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match="rerun csad fit") as err:
+        load_model(run, backbone=StandInBackbone())
+    _one_line(err)
+    assert "Event loop is closed" not in capfd.readouterr().err
+
+
+def test_only_a_csad_model_folder_is_replaced(tiny, tmp_path):
+    check_replaceable(tmp_path / "absent")
+    run = copy_run(tiny["run"], tmp_path / "run")
+    check_replaceable(run / "model")
+    (run / "model" / "thesis.bin").write_bytes(b"mine")
+    with pytest.raises(CheckpointError, match=r"did not write \(thesis.bin\)"):
+        check_replaceable(run / "model")
+    other = tmp_path / "other" / "model"
+    other.mkdir(parents=True)
+    (other / "model.json").write_text('{"my": "other tool"}')
+    with pytest.raises(CheckpointError, match=r"did not write \(model.json\)"):
+        check_replaceable(other)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        check_replaceable(tmp_path / "file")
 
 
 def test_other_backbone_weights_are_refused(tiny):

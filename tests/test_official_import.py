@@ -259,12 +259,28 @@ def test_truncated_and_wrong_files_give_one_line_errors(saved_file, tmp_path):
     with pytest.raises(WeightsError, match="truncated.pth: not a readable") as err:
         oi.read_checkpoint(truncated)
     assert "\n" not in str(err.value)
-    text = tmp_path / "notes.pth"
-    text.write_text("not a checkpoint\n")
-    with pytest.raises(WeightsError, match="notes.pth"):
-        oi.read_checkpoint(text)
+    for name, content in [("notes.pth", b"hello world\n"), ("empty.pth", b"")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(WeightsError, match=f"{name}: .*torch.save, or trunc"):
+            oi.read_checkpoint(tmp_path / name)
     with pytest.raises(WeightsError, match="no such file"):
         oi.read_checkpoint(tmp_path / "absent.pth")
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "ran"
+    torch.save({"w": _RunsCode(marker)}, tmp_path / "code.pth")
+    with pytest.raises(WeightsError, match="pickled Python objects") as err:
+        oi.read_checkpoint(tmp_path / "code.pth")
+    assert "weights_only" not in str(err.value) and not marker.exists()
+
+
+class _RunsCode:
+    """Unpickling this would create `marker`: a checkpoint that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
 
 
 def test_cli_reports_a_bad_file_in_one_line(tmp_path, capsys):
@@ -283,6 +299,14 @@ def test_existing_model_directory_is_kept_without_force(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(CheckpointError, match="--force"):
         oi.import_official(tmp_path / "x.pth", tmp_path, "c")
+
+
+def test_force_replaces_only_a_csad_model_folder(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "thesis.bin").write_bytes(b"the user's work")
+    with pytest.raises(CheckpointError, match="did not write"):
+        oi.import_official(tmp_path / "x.pth", tmp_path, "c", force=True)
+    assert (tmp_path / "model" / "thesis.bin").read_bytes() == b"the user's work"
 
 
 @pytest.mark.slow

@@ -75,6 +75,21 @@ def test_config_refuses_mismatched_parts_and_unknown_keys(tmp_path):
     values["segmentor"]["no_such_key"] = 1
     with pytest.raises(ConfigError, match="no_such_key"):
         CSADConfig.from_dict(values)
+    for part, key, value, message in [
+        ("fusion", "low", "abc", "config.fusion.low must be float, got 'abc'"),
+        ("lgst", "iterations", 2.5, "config.lgst.iterations must be int"),
+        ("segmentor", "learning_rate", True, "learning_rate must be float"),
+        ("backbone", "random_init", 1, "random_init must be bool"),
+    ]:
+        values = config.to_dict()
+        values[part][key] = value
+        with pytest.raises(ConfigError, match=message):
+            CSADConfig.from_dict(values)
+    values = config.to_dict()
+    values["fusion"]["low"] = 0  # an integer is a valid float
+    assert CSADConfig.from_dict(values).fusion.low == 0.0
+    with pytest.raises(ConfigError, match=r"config: missing keys \['backbone'"):
+        CSADConfig.from_dict({"preset": "fast"})
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read config"):
         read_config(tmp_path / "c.json")

@@ -4,6 +4,7 @@ import base64
 import copy
 import csv
 import json
+import os
 import re
 
 import numpy as np
@@ -221,8 +222,30 @@ def test_html_report_is_self_contained_with_figures_and_table(tmp_path):
     )
     assert '<table class="metrics">' in text and "sPRO@0.05" in text
     assert f"{100 * metrics['auroc']['mean']:.2f}" in text
+    assert "<tr><th>eval</th><td>0.2</td></tr>" in text  # seconds, 1 decimal
+    assert "<tr><th>structural</th><td>3</td></tr>" in text
+    assert "&quot;" not in text
     assert "http" not in text  # nothing loaded from elsewhere
     assert json.loads(R.write_metrics_json(tmp_path / "m.json", metrics).read_text())
+
+
+def test_file_names_that_are_not_utf8_are_escaped(tmp_path):
+    stems = list(STEMS)
+    stems[0] = os.fsdecode(b"bad\xff\xfename")
+    path = R.write_scores_csv(tmp_path / "s.csv", stems, KINDS, _scores())
+    assert (
+        path.read_text(encoding="utf-8")
+        .splitlines()[1]
+        .startswith("bad\\udcff\\udcfename,good,")
+    )
+    page = R.write_report_html(
+        tmp_path / "r.html",
+        metrics=_metrics(),
+        scores=_scores(),
+        kinds=KINDS,
+        stems=stems,
+    )
+    page.read_text(encoding="utf-8")
 
 
 def test_html_report_without_visuals_lists_failures(tmp_path):

@@ -444,11 +444,14 @@ def read_defects_config(
         if dup:
             raise ValueError(f"{path} lists pixel_value {dup[0]} more than once")
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        text = (
-            str(err)
-            if not isinstance(err, json.JSONDecodeError)
-            else (f"{path} is not valid JSON ({err.msg} at line {err.lineno})")
-        )
+        if isinstance(err, json.JSONDecodeError):
+            text = f"{path} is not valid JSON ({err.msg} at line {err.lineno})"
+        elif isinstance(err, UnicodeDecodeError):
+            text = f"{path} is not UTF-8 text (byte {err.start}); it must be JSON"
+        elif isinstance(err, OSError):
+            text = f"cannot read {path}: {err.strerror or err}"
+        else:
+            text = str(err)
         if problems is None:
             raise DataError(text) from None
         problems.append(text)

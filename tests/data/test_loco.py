@@ -283,12 +283,16 @@ def test_defects_config_absent_is_none(tmp_path):
         (json.dumps([dict(DEFECTS[1], saturation_threshold=-3)]), "pixel count"),
         (json.dumps([dict(DEFECTS[0], relative_saturation="yes")]), "true or false"),
         (json.dumps([DEFECTS[0], dict(DEFECTS[1], pixel_value=255)]), "more than once"),
+        (b"\xce\x00\xff binary", "not UTF-8 text"),
     ],
 )
 def test_bad_defects_config_names_the_file(tmp_path, content, match):
     folder = build_category(tmp_path)
     path = folder / "defects_config.json"
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     with pytest.raises(DataError, match=match) as err:
         load_category(tmp_path, "box")
     assert str(path) in one_line(err)

@@ -57,7 +57,11 @@ def test_offline_labels_from_the_command_line(data, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--backend", "foundation"], "no SAM checkpoint given"),
+        (
+            ["--backend", "foundation"],
+            "no SAM checkpoint given; give it with --sam-checkpoint (download "
+            "sam_vit_h_4b8939.pth",
+        ),
         (["--sam-checkpoint", "/nonexistent/sam.pth"], "SAM checkpoint file not found"),
         (["--bandwidth", "-1"], "--bandwidth must be finite and > 0, got -1.0"),
         (["--bandwidth", "nan"], "--bandwidth must be finite and > 0, got nan"),
