@@ -133,6 +133,8 @@ def load_artifact(path: str | Path, check_platform: bool = True) -> Artifact:
       check_platform: refuse an artifact not lowered for this machine's platform.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the artifact file (.npz)")
     if not path.is_file():
         raise CheckpointError(f"export artifact {path} not found")
     if not zipfile.is_zipfile(path):

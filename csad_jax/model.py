@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +426,7 @@ def save_model(model: CSADModel, run_dir: str | Path) -> Path:
     directory = Path(run_dir) / MODEL_DIR
     check_replaceable(directory)
     (directory / MODEL_JSON).unlink(missing_ok=True)
+    shutil.rmtree(directory / ARRAYS_DIR, ignore_errors=True)  # of an earlier save
     ckpt = Checkpointer(directory / ARRAYS_DIR, max_to_keep=1)
     ckpt.save(0, _array_tree(model))
     ckpt.close()
@@ -459,13 +461,13 @@ def check_replaceable(directory: Path) -> None:
         )
     ours = {MODEL_JSON, MODEL_JSON + ".tmp", ARRAYS_DIR}
     foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours)
-    record = None
     if (directory / MODEL_JSON).is_file():
         try:
             record = json.loads((directory / MODEL_JSON).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             record = None
-        if not isinstance(record, dict) or record.get("format") != FORMAT_VERSION:
+        ours = isinstance(record, dict) and record.get("format") == FORMAT_VERSION
+        if not (ours and {"config", "num_classes", "calibration"} <= set(record)):
             foreign.append(MODEL_JSON)
     if foreign:
         raise CheckpointError(
@@ -558,6 +560,13 @@ def load_model(run_dir: str | Path, backbone=None) -> CSADModel:
         config = CSADConfig.from_dict(record["config"]).validate()
         num_classes = int(record["num_classes"])
         expected = record["backbone"]["sha256"]
+        train_size = record.get("train_image_size")
+        if train_size is not None and not (
+            isinstance(train_size, list)
+            and len(train_size) == 2
+            and all(isinstance(v, int) and v > 0 for v in train_size)
+        ):
+            raise ValueError(f"train_image_size {train_size!r} is not [H, W]")
     except (KeyError, TypeError, ValueError, CSADError) as err:
         raise CheckpointError(f"{directory / MODEL_JSON} is corrupt ({err})") from None
     backbone = build_backbone(config.backbone) if backbone is None else backbone

@@ -625,9 +625,11 @@ def import_official(
     """
     checkpoint, run_dir = Path(checkpoint), Path(run_dir)
     target = run_dir / model_lib.MODEL_DIR
+    if not checkpoint.is_file():
+        raise WeightsError(f"{checkpoint}: no such file")
+    model_lib.check_replaceable(target)
     if target.exists() and not force:
         raise CheckpointError(f"{target} already exists (use --force to replace it)")
-    model_lib.check_replaceable(target)
     digest = _sha256(checkpoint)
     imported = map_official(read_checkpoint(checkpoint), str(checkpoint))
     if target.exists():

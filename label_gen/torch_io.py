@@ -34,6 +34,27 @@ def _first_line(err: BaseException) -> str:
     return first[:200]
 
 
+def _check_magic(path: Path) -> None:
+    """WeightsError unless the file starts like a torch.save file.
+
+    torch.save writes a zip archive (`PK\\x03\\x04`) or, in the legacy format,
+    a pickle (protocol 2+ starts with `\\x80`); anything else (text, other
+    binaries) is refused before torch reads it.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except OSError as err:
+        raise WeightsError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise WeightsError(
+            f"{path}: not a readable PyTorch state dict (not a file written by "
+            "torch.save, or truncated)"
+        )
+
+
 def _unwrap(obj, path: Path) -> dict:
     if isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
         for key in _WRAPPER_KEYS:
@@ -62,6 +83,7 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
       corrupt, a pickled module, or holds non-tensor values.
     """
     path = Path(path)
+    _check_magic(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:

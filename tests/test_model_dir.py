@@ -18,7 +18,12 @@ from csad_tiny import (
 )
 
 from csad_jax.errors import CheckpointError
-from csad_jax.model import check_replaceable, load_model, read_model_json
+from csad_jax.model import (
+    check_replaceable,
+    load_model,
+    read_model_json,
+    save_model,
+)
 
 TESTS = Path(__file__).parent
 
@@ -114,6 +119,12 @@ def test_run_without_a_model(tmp_path):
             ),
             "corrupt",
         ),
+        (
+            lambda p: p.write_text(
+                json.dumps({**json.loads(p.read_text()), "train_image_size": [256]})
+            ),
+            "train_image_size",
+        ),
     ],
 )
 def test_damaged_model_json(tiny, tmp_path, damage, message):
@@ -161,12 +172,25 @@ def test_only_a_csad_model_folder_is_replaced(tiny, tmp_path):
         check_replaceable(run / "model")
     other = tmp_path / "other" / "model"
     other.mkdir(parents=True)
-    (other / "model.json").write_text('{"my": "other tool"}')
-    with pytest.raises(CheckpointError, match=r"did not write \(model.json\)"):
-        check_replaceable(other)
+    for text in ('{"my": "other tool"}', '{"my": "settings", "format": 1}'):
+        (other / "model.json").write_text(text)
+        with pytest.raises(CheckpointError, match=r"did not write \(model.json\)"):
+            check_replaceable(other)
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="is a file"):
         check_replaceable(tmp_path / "file")
+
+
+def test_saving_over_an_interrupted_save_replaces_its_arrays(tiny, tmp_path):
+    model = load_tiny_model(tiny["run"])
+    run = copy_run(tiny["run"], tmp_path / "run")
+    (run / "model" / "model.json").unlink()  # as if saving stopped before it
+    save_model(model, run)
+    again = load_model(run, backbone=StandInBackbone())
+    images = sample_test_images(tiny["data"], n=2)
+    np.testing.assert_array_equal(
+        again.predict(images)["fused"], model.predict(images)["fused"]
+    )
 
 
 def test_other_backbone_weights_are_refused(tiny):

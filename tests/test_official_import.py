@@ -296,16 +296,21 @@ def test_cli_reports_a_bad_file_in_one_line(tmp_path, capsys):
 
 
 def test_existing_model_directory_is_kept_without_force(tmp_path):
+    (tmp_path / "x.pth").write_bytes(b"")
     (tmp_path / "model").mkdir()
     with pytest.raises(CheckpointError, match="--force"):
         oi.import_official(tmp_path / "x.pth", tmp_path, "c")
 
 
 def test_force_replaces_only_a_csad_model_folder(tmp_path):
+    with pytest.raises(WeightsError, match="no such file"):
+        oi.import_official(tmp_path / "absent.pth", tmp_path, "c", force=True)
+    (tmp_path / "x.pth").write_bytes(b"")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "thesis.bin").write_bytes(b"the user's work")
-    with pytest.raises(CheckpointError, match="did not write"):
-        oi.import_official(tmp_path / "x.pth", tmp_path, "c", force=True)
+    for force in (False, True):  # never suggests --force for the user's folder
+        with pytest.raises(CheckpointError, match="did not write"):
+            oi.import_official(tmp_path / "x.pth", tmp_path, "c", force=force)
     assert (tmp_path / "model" / "thesis.bin").read_bytes() == b"the user's work"
 
 

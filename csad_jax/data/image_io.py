@@ -20,6 +20,8 @@ file must fail with a `DataError`, not decode with its missing part silently fil
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +97,19 @@ def _reason(err: Exception) -> str:
 def _decode(path: str | Path, what: str) -> Image.Image:
     """Open and fully decode one file; any failure becomes a DataError."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+        if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+            width, height = img.size
+            print(
+                f"csad: warning: {what} {path} is {width}x{height} "
+                f"({width * height / 1e6:.0f} MP, over Pillow's decompression-bomb "
+                f"limit); decoding it needs about {width * height * 4 / 1e9:.1f} GB",
+                file=sys.stderr,
+            )
+        return img
     # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError,
     # struct.error, zlib.error or DecompressionBombError for broken files; all of
     # them mean "this file cannot be used", so all become one DataError here.

@@ -169,6 +169,20 @@ def test_unreadable_files_are_data_errors(tmp_path, content, reason):
         assert reason in str(info.value) and str(path) in str(info.value)
 
 
+def test_huge_images_warn_in_one_line_and_bombs_are_refused(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    big = write_png(tmp_path / "big.png", random_rgb(12, 12, seed=5))  # 144 px
+    assert read_rgb(big).shape == (12, 12, 3)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "big.png is 12x12" in err[0] and "warning" in err[0]
+    bomb = write_png(tmp_path / "bomb.png", random_rgb(15, 15, seed=6))  # > 2x
+    with pytest.raises(DataError, match="bomb.png") as info:
+        read_rgb(bomb)
+    assert "\n" not in str(info.value)
+
+
 def test_check_image_file_reads_header(tmp_path):
     path = write_png(tmp_path / "i.png", random_rgb(5, 9, seed=5))
     assert check_image_file(path) == ("RGB", 5, 9)
