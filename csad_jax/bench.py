@@ -42,7 +42,7 @@ import numpy as np
 from csad_jax import inference_opt
 from csad_jax import model as model_lib
 from csad_jax.config import PRESETS, CSADConfig, preset_config
-from csad_jax.errors import ConfigError, CSADError
+from csad_jax.errors import ConfigError, CSADError, first_line
 
 FORMAT_VERSION = 1
 TORCH_MODULE = "experiments.torch_reference.bench_torch"
@@ -228,7 +228,7 @@ def _first_call(runner) -> tuple[float | None, str | None]:
     try:
         return _timed(runner), None
     except Exception as err:  # noqa: BLE001 - a failing torch.compile is reported
-        return None, f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        return None, first_line(err)
 
 
 def time_batch(runners: dict, images: np.ndarray, runs: int, warmup: int, log=None):

@@ -23,3 +23,12 @@ class ConfigError(CSADError):
 
 class TrainingError(CSADError):
     """Training cannot continue (for example a non-finite loss)."""
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, cut to `limit` characters.
+
+    For third-party errors quoted inside a one-line CSADError message.
+    """
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:limit]

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from csad_jax.data.image_io import IMAGENET_MEAN, IMAGENET_STD
-from csad_jax.errors import CheckpointError, ConfigError, CSADError
+from csad_jax.data.image_io import IMAGENET_MEAN, IMAGENET_STD, is_hw_pair
+from csad_jax.errors import CheckpointError, ConfigError, CSADError, first_line
 
 FORMAT = "csad-jax-export"
 # Lowering platforms `jax.export` accepts.
@@ -103,11 +103,7 @@ def _check_header(header) -> None:
     if not (isinstance(shape, list) and len(shape) == 4 and isinstance(shape[1], int)):
         raise ValueError(f"bad input shape {shape!r}")
     train = header.get("train_image_size")
-    if train is not None and not (
-        isinstance(train, list)
-        and len(train) == 2
-        and all(isinstance(v, int) for v in train)
-    ):
+    if train is not None and not is_hw_pair(train):
         raise ValueError(f"bad train_image_size {train!r}")
 
 
@@ -125,12 +121,11 @@ def _check_signature(exported: dict, weights: list[np.ndarray], size: int) -> No
             )
 
 
-def load_artifact(path: str | Path, check_platform: bool = True) -> Artifact:
-    """Reads an artifact written by `export_run`; CheckpointError if unusable.
+def load_artifact(path: str | Path) -> Artifact:
+    """Reads an artifact written by `export_run`.
 
-    Args:
-      path: the .npz artifact.
-      check_platform: refuse an artifact not lowered for this machine's platform.
+    Raises CheckpointError if it is unusable or was not lowered for this
+    machine's platform.
     """
     path = Path(path)
     if path.is_dir():
@@ -165,7 +160,7 @@ def load_artifact(path: str | Path, check_platform: bool = True) -> Artifact:
         ) from None
     here = jax.export.default_export_platform()
     platforms = header.get("platforms", [])
-    if check_platform and here not in platforms:
+    if here not in platforms:
         raise CheckpointError(
             f"{path} was exported for {', '.join(platforms)} but this machine runs "
             f"{here}; export it again with --platforms {','.join([*platforms, here])}"
@@ -178,8 +173,9 @@ def _deserialize(blob: np.ndarray, batch: int) -> jax.export.Exported:
     try:
         return jax.export.deserialize(bytearray(blob))
     except Exception as err:  # flatbuffer and StableHLO errors have many types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(f"the batch-{batch} function is damaged ({first})") from None
+        raise ValueError(
+            f"the batch-{batch} function is damaged ({first_line(err)})"
+        ) from None
 
 
 def heatmap_png(amap: np.ndarray, image: np.ndarray) -> Image.Image:
@@ -310,10 +306,11 @@ def artifact_path(out: str | Path) -> Path:
 def _is_artifact(path: Path) -> bool:
     """Whether `path` is a file `csad export` wrote (it may then be replaced)."""
     try:
-        load_artifact(path, check_platform=False)
-    except CheckpointError:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(bytes(data["header"]).decode("utf-8"))
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
         return False
-    return True
+    return isinstance(header, dict) and header.get("format") == FORMAT
 
 
 def export_model(model, out: str | Path, platforms: tuple[str, ...] | None = None):

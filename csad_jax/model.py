@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from csad_jax import lgst, score_fusion
 from csad_jax.backbones import load_backbone
 from csad_jax.config import BackboneConfig, CSADConfig
+from csad_jax.data.image_io import is_hw_pair
 from csad_jax.errors import CheckpointError, ConfigError, CSADError
 from csad_jax.inference_opt import optimized_copy
 from csad_jax.lgst import LGSTNetworks, MapQuantiles
@@ -459,15 +460,18 @@ def check_replaceable(directory: Path) -> None:
         raise CheckpointError(
             f"{directory} is a file; move it away or use another --out"
         )
-    ours = {MODEL_JSON, MODEL_JSON + ".tmp", ARRAYS_DIR}
-    foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+    written = {MODEL_JSON, MODEL_JSON + ".tmp", ARRAYS_DIR}
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in written)
     if (directory / MODEL_JSON).is_file():
         try:
             record = json.loads((directory / MODEL_JSON).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             record = None
-        ours = isinstance(record, dict) and record.get("format") == FORMAT_VERSION
-        if not (ours and {"config", "num_classes", "calibration"} <= set(record)):
+        if not (
+            isinstance(record, dict)
+            and record.get("format") == FORMAT_VERSION
+            and {"config", "num_classes", "calibration"} <= set(record)
+        ):
             foreign.append(MODEL_JSON)
     if foreign:
         raise CheckpointError(
@@ -561,11 +565,7 @@ def load_model(run_dir: str | Path, backbone=None) -> CSADModel:
         num_classes = int(record["num_classes"])
         expected = record["backbone"]["sha256"]
         train_size = record.get("train_image_size")
-        if train_size is not None and not (
-            isinstance(train_size, list)
-            and len(train_size) == 2
-            and all(isinstance(v, int) and v > 0 for v in train_size)
-        ):
+        if train_size is not None and not is_hw_pair(train_size):
             raise ValueError(f"train_image_size {train_size!r} is not [H, W]")
     except (KeyError, TypeError, ValueError, CSADError) as err:
         raise CheckpointError(f"{directory / MODEL_JSON} is corrupt ({err})") from None

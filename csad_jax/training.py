@@ -37,7 +37,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from csad_jax.errors import CheckpointError, ConfigError, TrainingError
+from csad_jax.errors import CheckpointError, ConfigError, TrainingError, first_line
 
 log = logging.getLogger("csad_jax")
 
@@ -171,7 +171,7 @@ class Checkpointer:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         except Exception as err:  # any orbax failure is user-facing
             raise CheckpointError(
-                f"cannot open checkpoint folder {self.directory}: {_first_line(err)}"
+                f"cannot open checkpoint folder {self.directory}: {first_line(err)}"
             ) from err
 
     def latest_step(self) -> int | None:
@@ -207,14 +207,10 @@ class Checkpointer:
         _mute_aborted_reads()
         try:
             flat = self._manager.restore(step, args=ocp.args.StandardRestore())
-            failure = None
         except Exception as err:  # corrupt files raise many types
-            failure = err
-        if failure is not None:
             raise CheckpointError(
-                f"{origin} is corrupt or unreadable ({_first_line(failure)}); "
-                f"{self.advice}"
-            ) from failure
+                f"{origin} is corrupt or unreadable ({first_line(err)}); {self.advice}"
+            ) from err
         if not isinstance(flat, Mapping):
             raise CheckpointError(f"{origin} is not a csad-jax checkpoint")
         return unflatten_like(flat, like, origin)
@@ -254,11 +250,6 @@ def _mute_aborted_reads() -> None:
 
     hook._csad_mutes_aborted_reads = True
     sys.unraisablehook = hook
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
 # ---------------------------------------------------------------------------

@@ -56,6 +56,15 @@ def is_positive_int(value: object) -> bool:
     )
 
 
+def is_hw_pair(value: object) -> bool:
+    """Whether `value` is an (H, W) list or tuple of two positive integers."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(is_positive_int(v) for v in value)
+    )
+
+
 def as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     """Normalise a size argument (an int side or an (h, w) pair) to (h, w).
 
@@ -73,7 +82,7 @@ def as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
             pair = tuple(size)
         except TypeError:
             raise error from None
-    if len(pair) != 2 or not all(is_positive_int(v) for v in pair):
+    if not is_hw_pair(pair):
         raise error
     return int(pair[0]), int(pair[1])
 

@@ -37,8 +37,9 @@ OFFICIAL_DECODER = {
 }
 
 
-# Teacher stage pairs the restatement takes (paper: layer2 + layer3; fast
-# preset: layer1 + layer2), as indices into the encoder's [layer1..layer3].
+# The teacher stage pairs the restatement supports, mapped to positions in the
+# encoder outputs layer1, layer2, layer3: the paper pair layer2 + layer3 and
+# the fast preset's pair layer1 + layer2.
 TEACHER_PAIRS = {("layer2", "layer3"): (1, 2), ("layer1", "layer2"): (0, 1)}
 
 

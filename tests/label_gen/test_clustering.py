@@ -143,7 +143,7 @@ def test_ranking_orders_every_map_by_distance_to_the_largest_cluster():
     dist = np.abs(hist - hist[mf.largest_cluster].mean(0)).max(1)
     assert sorted(mf.ranking.tolist()) == list(range(len(hist)))
     assert np.all(np.diff(dist[mf.ranking]) >= 0)
-    # the official picks are the head of this ranking
+    # The official rule picks the first maps of this ranking.
     k = len(mf.labelled)
     assert set(mf.ranking[:k].tolist()) == set(mf.labelled.tolist())
 
